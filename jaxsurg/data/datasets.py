@@ -1,0 +1,154 @@
+"""Which TFDS builder serves each ``config.dataset``, its tasks, and its train/test split.
+
+``config.dataset`` names: ``synthetic`` (the embedded default, rendered on first use),
+``cholecseg8k`` (needs ``config.data_dir``, the folder holding the official layout) and
+``surgical_video`` (unlabelled; training data for self-supervised stages only).
+
+Splits: ``synthetic`` has separate train and test clips. CholecSeg8k clips are split in
+time inside each video: the first ``train_fraction`` (2/3) of the frames train, the rest
+test, so that no test frame is a near-copy of a training frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How to load one ``config.dataset``.
+
+    Attributes:
+      builder: TFDS builder name in ``jaxsurg.data.builders``.
+      module: module holding the builder (and its ``TASK_CLASSES`` where labelled).
+      split_mode: ``builder`` (its own train/test splits) or ``temporal`` (see module doc).
+      needs_manual_dir: whether ``config.data_dir`` must point at the raw files.
+      default_resize: (height, width) frames are resized to when ``config.resize`` is unset.
+    """
+
+    builder: str
+    module: str
+    split_mode: str
+    needs_manual_dir: bool
+    default_resize: tuple[int, int] | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "synthetic": DatasetSpec("synthetic_surgery", "jaxsurg.data.builders.synthetic_surgery", "builder", False),
+    "cholecseg8k": DatasetSpec("cholecseg8k", "jaxsurg.data.builders.cholecseg8k", "temporal", True, (256, 448)),
+    "surgical_video": DatasetSpec("surgical_video", "jaxsurg.data.builders.surgical_video", "builder", True),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of ``config.dataset`` = ``name``.
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"config.dataset={name!r} is unknown; known datasets: {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def task_classes(dataset: str, task: str) -> tuple[str, ...]:
+    """Class names (index 0 = background) of ``task`` on ``dataset``.
+
+    Raises:
+      ValueError: if the dataset has no such task (the message lists the tasks it has).
+    """
+    tasks = getattr(importlib.import_module(get_spec(dataset).module), "TASK_CLASSES", {})
+    if task not in tasks:
+        raise ValueError(f"config.task={task!r} is not a task of dataset {dataset!r}; its tasks: {sorted(tasks)}")
+    return tuple(tasks[task])
+
+
+def default_tfds_dir() -> str:
+    """Where built datasets go when ``config.tfds_dir`` is empty: ``$JAXSURG_TFDS_DIR`` or
+    ``~/.cache/jaxsurg/tensorflow_datasets``."""
+    return os.environ.get("JAXSURG_TFDS_DIR") or os.path.expanduser("~/.cache/jaxsurg/tensorflow_datasets")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordIndex:
+    """Per-record metadata of one built split, in record order.
+
+    Attributes:
+      video_id: int (N,). frame_index: int (N,) original frame numbers.
+      has_label: bool (N,). video_name: N strings.
+    """
+
+    video_id: np.ndarray
+    frame_index: np.ndarray
+    has_label: np.ndarray
+    video_name: tuple[str, ...]
+
+    @classmethod
+    def read(cls, source: Sequence[dict]) -> "RecordIndex":
+        """Reads the metadata of every record of ``source`` (a TFDS data source)."""
+        vid, idx, lab, names = [], [], [], []
+        for i in range(len(source)):
+            r = source[i]
+            vid.append(int(r["video_id"]))
+            idx.append(int(r["frame_index"]))
+            lab.append(bool(r["has_label"]))
+            name = r["video_name"]
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+        return cls(np.asarray(vid, np.int64), np.asarray(idx, np.int64), np.asarray(lab, bool), tuple(names))
+
+    def videos(self) -> dict[int, np.ndarray]:
+        """Record indices of each video, sorted by frame index."""
+        out = {}
+        for v in np.unique(self.video_id):
+            rows = np.flatnonzero(self.video_id == v)
+            out[int(v)] = rows[np.argsort(self.frame_index[rows], kind="stable")]
+        return out
+
+
+def temporal_split(index: RecordIndex, train_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Splits each video in time: its first ``round(n·train_fraction)`` frames train.
+
+    Returns:
+      (train record indices, test record indices, description for summary.json).
+
+    Raises:
+      ValueError: if ``train_fraction`` is not in (0, 1).
+    """
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"config.train_fraction must be in (0, 1), got {train_fraction}")
+    train, test, described = [], [], {}
+    for v, rows in index.videos().items():
+        n_train = int(round(len(rows) * train_fraction))
+        train.append(rows[:n_train])
+        test.append(rows[n_train:])
+        f = index.frame_index
+        described[index.video_name[rows[0]]] = {
+            "train_frames": [int(f[rows[0]]), int(f[rows[n_train - 1]])] if n_train else [],
+            "test_frames": [int(f[rows[n_train]]), int(f[rows[-1]])] if n_train < len(rows) else [],
+        }
+    info = {"mode": "temporal", "train_fraction": train_fraction, "videos": described}
+    return np.concatenate(train), np.concatenate(test), info
+
+
+def labelled_subset(index: RecordIndex, rows: np.ndarray, label_interval: int) -> np.ndarray:
+    """The records of ``rows`` that count as labelled with one label every ``label_interval``
+    frames of each video (positions 0, h, 2h, ... in time order) and have ground truth.
+
+    Raises:
+      ValueError: if ``label_interval`` < 1 or no labelled record is left.
+    """
+    if label_interval < 1:
+        raise ValueError(f"config.label_interval must be ≥ 1, got {label_interval}")
+    keep = []
+    rows_set = set(rows.tolist())
+    for vid_rows in index.videos().values():
+        ordered = [r for r in vid_rows if r in rows_set]
+        keep.extend(r for pos, r in enumerate(ordered) if pos % label_interval == 0 and index.has_label[r])
+    if not keep:
+        raise ValueError(f"no labelled training frame with label_interval={label_interval}")
+    return np.asarray(sorted(keep))

@@ -1,0 +1,245 @@
+"""The grain input pipeline: TFDS ArrayRecord source → per-process shard → seeded shuffle
+and repeat → crops, flips, photometric jitter → batches → global ``jax.Array`` s.
+
+Batch ``s`` of a run is a pure function of the config and ``s`` (grain ``MapDataset``
+indexing), so a resumed run sees exactly the batches an uninterrupted one would.
+
+A training batch is a dict, leading axis the global batch B (and T for clips,
+``config.clip_length`` > 1):
+
+- ``image``: uint8 (B, [T,] H, W, 3) RGB — models convert with ``images_to_float``;
+- ``mask``: uint8 (B, [T,] H, W) class indices of ``config.task``, 255 = ignore;
+- ``flow``: float32 (B, [T,] H, W, 2) and ``flow_valid``: bool — when asked for in
+  ``config.batch_keys``;
+- ``has_label``: bool (B, [T]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsurg.data import datasets, transforms
+from jaxsurg.train import mesh as mesh_lib
+
+FRAME_KEYS = ("image", "mask", "has_label")
+
+
+def images_to_float(image: jax.Array) -> jax.Array:
+    """uint8 images (..., 3) → float32 in [0, 1]."""
+    return image.astype(jnp.float32) / 255.0
+
+
+@dataclasses.dataclass
+class LoadedDataset:
+    """A built dataset with its train/test record indices.
+
+    Attributes:
+      train_source, test_source: TFDS data sources (random access, decoded records).
+      train_rows, test_rows: record indices into them used for training / evaluation
+        (training rows are the labelled subset for ``config.label_interval``; test rows are
+        the labelled test frames).
+      class_names: classes of ``config.task``, index 0 = background.
+      split_info: how the split was made, for summary.json.
+    """
+
+    train_source: Sequence[dict]
+    test_source: Sequence[dict]
+    train_index: datasets.RecordIndex
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    class_names: tuple[str, ...]
+    split_info: dict
+
+
+def builder_config_name(config: Any) -> str | None:
+    """The TFDS builder config used for ``config.dataset`` (the synthetic data follows the
+    variant: ``tiny`` for ``variant=tiny``, else ``default``)."""
+    if config.dataset == "synthetic":
+        return "tiny" if config.variant == "tiny" else "default"
+    return None
+
+
+def load(config: Any) -> LoadedDataset:
+    """Builds ``config.dataset`` if needed and selects its train and test frames.
+
+    Raises:
+      ValueError: unknown dataset or task, missing ``config.data_dir`` where needed.
+      FileNotFoundError: from the builders, for a missing or empty manual dir.
+    """
+    from jaxsurg.data import builders  # heavy import (TFDS), deferred
+
+    spec = datasets.get_spec(config.dataset)
+    class_names = datasets.task_classes(config.dataset, config.task)
+    if spec.needs_manual_dir and not config.data_dir:
+        raise ValueError(f"config.dataset={config.dataset!r} needs --config.data_dir=<folder with the raw files>")
+    builder = builders.prepare(
+        spec.builder,
+        data_dir=config.tfds_dir or datasets.default_tfds_dir(),
+        manual_dir=config.data_dir or None,
+        config=builder_config_name(config),
+    )
+    if spec.split_mode == "temporal":
+        source = builder.as_data_source(split="train")
+        train_source = test_source = source
+        index = test_index = datasets.RecordIndex.read(source)
+        train_rows, test_rows, split_info = datasets.temporal_split(index, config.train_fraction)
+    else:
+        train_source = builder.as_data_source(split="train")
+        test_source = builder.as_data_source(split="test")
+        index = datasets.RecordIndex.read(train_source)
+        test_index = datasets.RecordIndex.read(test_source)
+        train_rows, test_rows = np.arange(len(train_source)), np.arange(len(test_source))
+        split_info = {"mode": "clips", "train": "train split", "test": "test split"}
+    train_rows = datasets.labelled_subset(index, train_rows, config.label_interval)
+    test_rows = test_rows[test_index.has_label[test_rows]]
+    split_info.update(train_labelled_frames=int(len(train_rows)), test_labelled_frames=int(len(test_rows)))
+    return LoadedDataset(train_source, test_source, index, train_rows, test_rows, class_names, split_info)
+
+
+class Frames(Sequence):
+    """Random-access examples (leading time axis T) made from selected records.
+
+    ``Frames(source, rows, task)[i]`` is record ``rows[i]`` as an example of
+    ``transforms`` (T = 1); with ``clip_length`` = T > 1, ``rows`` are clip starts and the
+    example stacks the T consecutive records of the same video (see ``clip_starts``).
+    """
+
+    def __init__(self, source: Sequence[dict], rows: np.ndarray, task: str, keys: Sequence[str] = FRAME_KEYS, clip_length: int = 1):
+        self._source, self._rows, self._task = source, np.asarray(rows), task
+        self._keys, self._length = tuple(keys), clip_length
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _frame(self, row: int) -> dict[str, np.ndarray]:
+        record = self._source[int(row)]
+        out = {}
+        for k in self._keys:
+            if k == "mask":
+                out[k] = np.asarray(record[f"mask_{self._task}"])[..., 0]
+            else:
+                out[k] = np.asarray(record[k])
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        start = int(self._rows[i])
+        frames = [self._frame(start + t) for t in range(self._length)]
+        return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+
+
+def clip_starts(index: datasets.RecordIndex, rows: np.ndarray, length: int) -> np.ndarray:
+    """Rows r of ``rows`` such that r, r+1, …, r+length−1 are consecutive frames of one video.
+
+    Records are stored in (video, frame) order, so consecutive rows of one video are
+    consecutive frames.
+    """
+    rows = np.asarray(rows)
+    ok = []
+    for r in rows:
+        end = r + length - 1
+        if end < len(index.video_id) and np.all(index.video_id[r : end + 1] == index.video_id[r]):
+            ok.append(r)
+    return np.asarray(ok, np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment(grain.transforms.RandomMap):
+    """Training augmentation of one example: resize, random crop, flips, jitter.
+
+    The crop is skipped when the (resized) frame already has ``crop`` size. Single frames
+    (T = 1) lose their time axis at the end when ``squeeze_time``.
+    """
+
+    resize: tuple[int, int] | None
+    crop: tuple[int, int]
+    hflip: bool = True
+    vflip: bool = False
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue_degrees: float = 0.0
+    squeeze_time: bool = True
+
+    def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ex = transforms.resize(element, self.resize) if self.resize else element
+        if ex["image"].shape[1:3] != tuple(self.crop):
+            ex = transforms.random_crop(ex, self.crop, rng)
+        ex = transforms.random_flip(ex, rng, horizontal=self.hflip, vertical=self.vflip)
+        ex["image"] = transforms.photometric_jitter(
+            ex["image"], rng, brightness=self.brightness, contrast=self.contrast,
+            saturation=self.saturation, hue_degrees=self.hue_degrees,
+        )
+        if self.squeeze_time:
+            ex = {k: v[0] for k, v in ex.items()}
+        return ex
+
+
+def augment_from_config(config: Any) -> Augment:
+    """The ``Augment`` described by ``config.resize``, ``config.image_size`` and ``config.augment``."""
+    a = config.augment
+    return Augment(
+        resize=tuple(config.resize) if config.resize else None,
+        crop=tuple(config.image_size),
+        hflip=a.hflip, vflip=a.vflip, brightness=a.brightness, contrast=a.contrast,
+        saturation=a.saturation, hue_degrees=a.hue_degrees,
+        squeeze_time=config.clip_length == 1,
+    )
+
+
+def local_batches(
+    examples: Sequence[dict[str, np.ndarray]],
+    transform: grain.transforms.RandomMap,
+    *,
+    seed: int,
+    per_process_batch: int,
+    start_step: int = 0,
+    num_threads: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches for steps ``start_step, start_step + 1, …`` (numpy).
+
+    Each process reads the examples ``process_index::process_count`` and shuffles them
+    with ``seed`` (a new permutation every epoch), repeats forever, augments with a
+    per-example seed, and batches ``per_process_batch`` examples.
+    """
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    ds = grain.MapDataset.source(examples)[pi::pc]
+    ds = ds.shuffle(seed=seed).repeat(None).random_map(transform, seed=seed)
+    ds = ds.batch(per_process_batch, drop_remainder=True)[start_step:]
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * num_threads, 2))
+    return iter(ds.to_iter_dataset(options))
+
+
+def train_batches(config: Any, data: LoadedDataset, mesh: jax.sharding.Mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+    """Global training batches sharded over the mesh's ``data`` axis, from ``start_step``."""
+    keys = tuple(config.batch_keys)
+    rows = data.train_rows
+    if config.clip_length > 1:
+        rows = clip_starts(data.train_index, rows, config.clip_length)
+    examples = Frames(data.train_source, rows, config.task, keys, config.clip_length)
+    local = local_batches(
+        examples, augment_from_config(config), seed=config.seed,
+        per_process_batch=mesh_lib.per_process_batch_size(config.batch_size, mesh),
+        start_step=start_step, num_threads=config.data_threads,
+    )
+    for batch in local:
+        yield mesh_lib.global_batch(batch, mesh)
+
+
+def test_frames(config: Any, data: LoadedDataset) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Evaluation frames in time order: (record index, example) with image uint8 (H, W, 3)
+    and mask uint8 (H, W), resized to ``config.resize`` when set."""
+    frames = Frames(data.test_source, data.test_rows, config.task, ("image", "mask"))
+    for i in range(len(frames)):
+        ex = frames[i]
+        if config.resize:
+            ex = transforms.resize(ex, tuple(config.resize))
+        yield int(data.test_rows[i]), {k: v[0] for k, v in ex.items()}
