@@ -1,0 +1,137 @@
+"""Config helpers shared by ``configs/<method>.py``: the common keys, big_vision-style
+``arg`` strings (``variant=tiny,dataset=cholecseg8k``) and strict key checking.
+
+Every config has at least the keys of ``base_config`` (DESIGN.md, "The command line").
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any, Callable
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every method's config has, with defaults for the embedded synthetic data."""
+    c = ml_collections.ConfigDict()
+    c.method = ""
+    c.variant = "default"  # tiny (CI smoke test) | default (this 2-core CPU) | paper
+    c.seed = 0
+    # Data.
+    c.dataset = "synthetic"  # synthetic | cholecseg8k | surgical_video
+    c.data_dir = ""  # raw files of datasets that need them (CholecSeg8k's official layout)
+    c.tfds_dir = ""  # built ArrayRecord datasets; "" = $JAXSURG_TFDS_DIR or ~/.cache/jaxsurg/tensorflow_datasets
+    c.task = "binary"  # binary | parts | type (synthetic) | laparoflow4 | full13 (cholecseg8k)
+    c.resize = ml_collections.config_dict.placeholder(tuple)  # (H, W) frames are resized to; None = dataset default
+    c.image_size = (128, 160)  # (H, W) training crops, multiples of 32 for U-Net11
+    c.label_interval = 1  # 1 = every training frame labelled; h = every h-th
+    c.train_fraction = 2 / 3  # temporal split of CholecSeg8k videos
+    c.clip_length = 1  # frames per training example
+    c.batch_keys = ("image", "mask", "has_label")
+    c.data_threads = 2
+    c.augment = ml_collections.ConfigDict(
+        dict(hflip=True, vflip=False, brightness=0.0, contrast=0.0, saturation=0.0, hue_degrees=0.0)
+    )
+    # Optimisation.
+    c.total_steps = 1000
+    c.epochs = 0  # > 0: total_steps = epochs × ceil(labelled training frames / batch_size)
+    c.batch_size = 4
+    c.learning_rate = 1e-4
+    c.weight_decay = 0.0
+    c.lr_decay_factor = 1.0
+    c.lr_decay_every = 0  # steps; 0 = constant learning rate
+    c.lr_decay_every_epochs = 0  # > 0 overrides lr_decay_every in epochs
+    # Bookkeeping.
+    c.log_every = 10
+    c.checkpoint_every = 200
+    c.keep_checkpoints = 2
+    c.eval_batch_size = 4
+    c.num_overlays = 8
+    return c
+
+
+def _coerce(key: str, value: str, current: Any) -> Any:
+    """Parses ``value`` as a Python literal of the type of ``current`` (strings stay strings)."""
+    if isinstance(current, str):
+        return value
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return value
+        raise ValueError(f"config key {key!r}: cannot parse {value!r} as a {type(current).__name__}") from None
+    if isinstance(current, bool) and not isinstance(parsed, bool):
+        raise ValueError(f"config key {key!r}: expected True or False, got {value!r}")
+    if isinstance(current, float) and isinstance(parsed, int):
+        parsed = float(parsed)
+    return parsed
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"variant=tiny,dataset=cholecseg8k"`` → ``{"variant": "tiny", "dataset": "cholecseg8k"}``.
+
+    Commas inside parentheses belong to the value: ``resize=(256,448)``.
+
+    Raises:
+      ValueError: for an item without ``=``.
+    """
+    out = {}
+    for item in filter(None, re.split(r",(?![^()]*\))", arg or "")):
+        if "=" not in item:
+            raise ValueError(f"config arg item {item!r} is not key=value (in {arg!r})")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """Sets ``key=value`` pairs (dotted keys reach nested dicts), refusing unknown keys.
+
+    Raises:
+      KeyError: for an unknown key; the message lists the known ones.
+      ValueError: for a value that does not parse as the key's type.
+    """
+    known = sorted(flatten_keys(config))
+    for key, value in overrides.items():
+        if key not in known:
+            raise KeyError(f"unknown config key {key!r}; known keys: {', '.join(known)}")
+        parent = config
+        *path, leaf = key.split(".")
+        for p in path:
+            parent = parent[p]
+        with parent.ignore_type():
+            parent[leaf] = _coerce(key, value, parent[leaf])
+    return config
+
+
+def flatten_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """All dotted keys of ``config`` (leaves only)."""
+    keys = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(flatten_keys(v, f"{prefix}{k}."))
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def make_config(
+    arg: str | None,
+    base: ml_collections.ConfigDict,
+    variants: dict[str, Callable[[ml_collections.ConfigDict], None]],
+) -> ml_collections.ConfigDict:
+    """A method's config: ``base`` with the variant named in ``arg`` applied first (its
+    preset function edits the config in place), then the other ``arg`` items.
+
+    Raises:
+      KeyError: unknown key or variant (the message lists the known ones).
+    """
+    overrides = parse_arg(arg)
+    variant = overrides.pop("variant", base.variant)
+    if variant not in variants:
+        raise KeyError(f"unknown variant {variant!r}; known variants: {sorted(variants)}")
+    base.variant = variant
+    variants[variant](base)
+    return apply_overrides(base, overrides)
