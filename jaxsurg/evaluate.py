@@ -1,0 +1,175 @@
+"""Evaluation of a segmentation model on the test frames: per-frame IoU/Dice under the
+TernausNet protocol (``jaxsurg.metrics``), ``eval/summary.json``, ``eval/per_frame.jsonl``
+and overlay PNGs in ``eval/overlays/`` (DESIGN.md, the workdir contract).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxsurg import metrics
+
+# RGB colours of classes 1, 2, ... in overlays (class 0 = background is left uncoloured).
+PALETTE = np.array(
+    [[0, 230, 64], [255, 196, 0], [0, 160, 255], [255, 64, 160], [160, 90, 255], [255, 120, 40],
+     [0, 230, 220], [200, 255, 80], [255, 255, 255], [120, 60, 20], [90, 160, 90], [250, 40, 40]],
+    np.uint8,
+)
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int = 32) -> np.ndarray:
+    """Pads (B, H, W, C) images at the bottom and right, by edge replication, so that H and
+    W become multiples of ``multiple`` (U-Net11 needs 32). Crop outputs back to (H, W)."""
+    h, w = images.shape[1:3]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return images
+    return np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def colorize(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blends class colours over an RGB image.
+
+    Args:
+      image: uint8 (H, W, 3). classes: int (H, W); 0 and 255 stay uncoloured.
+      alpha: opacity of the class colours, in [0, 1].
+
+    Returns:
+      uint8 (H, W, 3).
+    """
+    out = image.astype(np.float32)
+    fg = (classes > 0) & (classes != 255)
+    colours = PALETTE[(np.clip(classes, 1, None) - 1) % len(PALETTE)].astype(np.float32)
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
+    return out.astype(np.uint8)
+
+
+def overlay_panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, caption: str) -> np.ndarray:
+    """A side-by-side picture: frame | ground truth | prediction (with the ground-truth
+    outline in white), captioned.
+
+    Args:
+      image: uint8 (H, W, 3) RGB. target, pred: int (H, W) class maps (255 = ignore).
+      caption: text drawn on the first panel.
+
+    Returns:
+      uint8 (H, 3·W, 3) RGB.
+    """
+    pred_view = colorize(image, pred)
+    for c in np.unique(target):
+        if c in (0, 255):
+            continue
+        contours, _ = cv2.findContours((target == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(pred_view, contours, -1, (255, 255, 255), 1)
+    panel = np.concatenate([image, colorize(image, target), pred_view], axis=1)
+    scale = max(image.shape[0] / 480, 0.35)
+    cv2.putText(panel, caption, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return panel
+
+
+def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A host-side predictor from a Linen ``apply``: uint8 (B, H, W, 3) → int32 (B, H, W).
+
+    Images are padded to multiples of 32, scaled to [0, 1], run through the jitted model on
+    this process's devices, thresholded (binary) or arg-maxed (multi-class), and cropped
+    back to (H, W).
+    """
+    variables = jax.device_get(variables)
+
+    @jax.jit
+    def classes(x):
+        return metrics.predict_classes(apply_fn(variables, x.astype(jnp.float32) / 255.0))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        h, w = images.shape[1:3]
+        return np.asarray(classes(pad_to_multiple(images)))[:, :h, :w]
+
+    return predict
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def evaluate_segmentation(
+    predict: Callable[[np.ndarray], np.ndarray],
+    frames: Iterable[tuple[int, dict[str, np.ndarray]]],
+    *,
+    num_frames: int,
+    class_names: tuple[str, ...],
+    out_dir: str,
+    header: dict[str, Any],
+    batch_size: int = 4,
+    num_overlays: int = 8,
+) -> dict[str, Any]:
+    """Scores ``predict`` on ``frames`` and writes the evaluation outputs.
+
+    Args:
+      predict: uint8 (B, H, W, 3) → int (B, H, W) class maps.
+      frames: (record id, {"image": uint8 (H, W, 3), "mask": uint8 (H, W)}) in time order.
+      num_frames: how many ``frames`` yields (for the progress bar and overlay choice).
+      class_names: the task's classes, index 0 = background.
+      out_dir: ``WORKDIR/eval``; gets ``summary.json``, ``per_frame.jsonl``, ``overlays/``.
+      header: fields put first in summary.json (``method``, ``dataset``, ``task``, ...).
+      batch_size: frames per forward pass.
+      num_overlays: overlay PNGs, for frames evenly spaced in time.
+
+    Returns:
+      The summary dict written to ``summary.json``.
+
+    Raises:
+      ValueError: if ``frames`` is empty.
+    """
+    os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
+    overlay_at = set(np.linspace(0, num_frames - 1, min(num_overlays, num_frames)).round().astype(int).tolist()) if num_frames else set()
+    counts: list[dict[str, np.ndarray]] = []
+    ids: list[int] = []
+    start = time.perf_counter()
+    buffer: list[tuple[int, dict[str, np.ndarray]]] = []
+
+    def flush():
+        images = np.stack([ex["image"] for _, ex in buffer])
+        targets = np.stack([ex["mask"] for _, ex in buffer]).astype(np.int32)
+        preds = predict(images)
+        c = jax.device_get(metrics.confusion_counts(jnp.asarray(preds), jnp.asarray(targets), len(class_names)))
+        counts.append(c)
+        for j, (rid, ex) in enumerate(buffer):
+            k = len(ids)
+            ids.append(rid)
+            if k in overlay_at:
+                s = metrics.frame_scores({n: v[j : j + 1] for n, v in c.items()})
+                caption = f"record {rid}  IoU {s['iou'][0]:.3f}  Dice {s['dice'][0]:.3f}"
+                png = overlay_panel(ex["image"], targets[j], preds[j], caption)
+                cv2.imwrite(os.path.join(out_dir, "overlays", f"{k:04d}_record{rid}.png"), png[..., ::-1])
+        buffer.clear()
+
+    for item in tqdm(frames, total=num_frames, desc="eval", unit="frame", disable=jax.process_index() != 0):
+        buffer.append(item)
+        if len(buffer) == batch_size:
+            flush()
+    if buffer:
+        flush()
+    if not ids:
+        raise ValueError("evaluation got no labelled test frames")
+    all_counts = {k: np.concatenate([c[k] for c in counts]) for k in counts[0]}
+    summary = {**header, **metrics.summarize(all_counts, class_names).to_json()}
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    scores = metrics.frame_scores(all_counts)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "per_frame.jsonl"), "w", encoding="utf-8") as f:
+            for rid, iou, dice in zip(ids, scores["iou"], scores["dice"]):
+                f.write(json.dumps({"record": rid, "iou": float(iou), "dice": float(dice)}) + "\n")
+        _write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
