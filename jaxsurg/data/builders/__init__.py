@@ -1,0 +1,94 @@
+"""jaxsurg's TFDS builders, built and read without TensorFlow (ArrayRecord files).
+
+- ``synthetic_surgery``: rendered clips, the embedded default dataset (no input files);
+- ``cholecseg8k``: CholecSeg8k from a manual dir (official layout at any depth);
+- ``surgical_video``: unlabelled videos or frame folders from a manual dir.
+
+All share one feature schema (see ``jaxsurg.data.builders.common``). Use ``prepare`` to
+get a built dataset::
+
+    builder = prepare("cholecseg8k", data_dir="~/tfds", manual_dir="../shared/data/cholecseg8k_clip")
+    train = builder.as_data_source()["train"]   # random access, decoded numpy records
+
+Modules are imported on first use (TFDS is a heavy import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
+
+# builder name → (module, class)
+BUILDERS: dict[str, tuple[str, str]] = {
+    "synthetic_surgery": ("jaxsurg.data.builders.synthetic_surgery", "SyntheticSurgery"),
+    "cholecseg8k": ("jaxsurg.data.builders.cholecseg8k", "Cholecseg8k"),
+    "surgical_video": ("jaxsurg.data.builders.surgical_video", "SurgicalVideo"),
+}
+
+
+def builder_class(name: str) -> type:
+    """The builder class of ``name``.
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset builder {name!r}; known builders: {sorted(BUILDERS)}")
+    module, cls = BUILDERS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def prepare(
+    name: str, *, data_dir: str, manual_dir: str | None = None, config: str | None = None
+) -> "tfds.core.DatasetBuilder":
+    """A built dataset: builds it on first use, reuses the files afterwards.
+
+    Args:
+      name: ``"synthetic_surgery"``, ``"cholecseg8k"`` or ``"surgical_video"``.
+      data_dir: TFDS data dir; the ArrayRecord files go to
+        ``data_dir/<name>/<config name>/<version>/``.
+      manual_dir: the raw files of ``cholecseg8k`` / ``surgical_video`` (default:
+        ``data_dir/downloads/manual/<name>``); ignored by ``synthetic_surgery``.
+      config: builder config: a name (``"tiny"``), overrides of the default config
+        (``"fps=10,max_side=480"``) or both (``"tiny:train_clips=4"``); None = default.
+
+    For datasets read from a manual dir, the config name gets a digest of the dir's path
+    and of its files' names and sizes, so another or a changed manual dir is built anew
+    instead of silently reusing an old build.
+
+    An interrupted build leaves nothing that looks complete (TFDS builds in an
+    ``incomplete.*`` directory and renames it at the end); calling again rebuilds.
+
+    Returns:
+      The builder; read it with ``builder.as_data_source()[split]``.
+
+    Raises:
+      ValueError: unknown name or config; bad input data (the message names the file).
+      FileNotFoundError: a missing or empty manual dir (the message says where to put
+        the files and in which layout).
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    from jaxsurg.data.builders import common  # pylint: disable=g-import-not-at-top
+
+    cls = builder_class(name)
+    builder_config = common.resolve_config(cls, config)
+    data_dir = os.path.expanduser(data_dir)
+    download_config = tfds.download.DownloadConfig()
+    if cls.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, "downloads", "manual", name))
+        digest = importlib.import_module(cls.__module__).source_fingerprint(manual_dir)
+        builder_config = common.replace_config(
+            builder_config, name=f"{builder_config.name}-{digest}", description=f"{builder_config.description or ''} [from {os.path.abspath(manual_dir)}]"
+        )
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder = cls(data_dir=data_dir, config=builder_config, file_format="array_record")
+    if not builder.is_prepared():
+        logging.info("building %s/%s into %s", name, builder_config.name, builder.data_dir)
+        builder.download_and_prepare(download_config=download_config, file_format="array_record")
+    return builder
