@@ -57,7 +57,10 @@ def check_override_keys(argv: list[str]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     check_override_keys(argv)
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
+    return rest
 
 
 def main(argv: list[str]) -> None:
