@@ -62,8 +62,11 @@ def overlay_panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, capti
       caption: text drawn on the first panel.
 
     Returns:
-      uint8 (H, 3·W, 3) RGB.
+      uint8 (k·H, 3·k·W, 3) RGB, k = ceil(240 / H) so that small frames stay legible.
     """
+    k = -(-240 // image.shape[0])
+    if k > 1:
+        image, target, pred = (np.repeat(np.repeat(a, k, axis=0), k, axis=1) for a in (image, target, pred))
     pred_view = colorize(image, pred)
     for c in np.unique(target):
         if c in (0, 255):

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
         "mask": (rng.random((8, 64, 64)) < 0.3).astype(np.uint8),
     }
     local["mask"][0, :4] = 255  # some ignored pixels
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])  # host copy: steps donate
     tx, _ = adam_with_step_decay(1e-3)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
