@@ -78,12 +78,21 @@ def load(config: Any) -> LoadedDataset:
     class_names = datasets.task_classes(config.dataset, config.task)
     if spec.needs_manual_dir and not config.data_dir:
         raise ValueError(f"config.dataset={config.dataset!r} needs --config.data_dir=<folder with the raw files>")
-    builder = builders.prepare(
-        spec.builder,
-        data_dir=config.tfds_dir or datasets.default_tfds_dir(),
-        manual_dir=config.data_dir or None,
-        config=builder_config_name(config),
-    )
+    def prepare():
+        return builders.prepare(
+            spec.builder,
+            data_dir=config.tfds_dir or datasets.default_tfds_dir(),
+            manual_dir=config.data_dir or None,
+            config=builder_config_name(config),
+        )
+
+    if jax.process_count() > 1:  # process 0 builds; the others wait, then find it built
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            prepare()
+        multihost_utils.sync_global_devices("jaxsurg: dataset built")
+    builder = prepare()
     if spec.split_mode == "temporal":
         source = builder.as_data_source(split="train")
         train_source = test_source = source
