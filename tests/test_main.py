@@ -59,4 +59,4 @@ def test_main_tiny_on_the_real_cholecseg8k_clip(tmp_path):
     (video,) = split["videos"].values()
     assert video == {"train_frames": [561, 609], "test_frames": [610, 633]}
     assert summary["num_frames"] == 23  # frames 610–632; 633 has no ground truth
-    assert config["resize"] == [256, 448]
+    assert config["resize"] == [192, 352]

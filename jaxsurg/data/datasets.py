@@ -40,7 +40,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec("synthetic_surgery", "jaxsurg.data.builders.synthetic_surgery", "builder", False),
-    "cholecseg8k": DatasetSpec("cholecseg8k", "jaxsurg.data.builders.cholecseg8k", "temporal", True, (256, 448)),
+    "cholecseg8k": DatasetSpec("cholecseg8k", "jaxsurg.data.builders.cholecseg8k", "temporal", True, (192, 352)),
     "surgical_video": DatasetSpec("surgical_video", "jaxsurg.data.builders.surgical_video", "builder", True),
 }
 

@@ -353,10 +353,15 @@ def _jaw_sprite(
 
 # ------------------------------------------------------------------------ instruments
 
+# Type frequencies: "Other" (a probe-like tool, background in the binary and parts tasks
+# as in EndoVis 2017) is rare, as in EndoVis 2017; the six instrument types are equally likely.
+_OTHER_PROBABILITY = 0.04
+_TYPE_PROBABILITIES = np.array([(1 - _OTHER_PROBABILITY) / 6] * 6 + [_OTHER_PROBABILITY])
+
 
 def _make_instrument(rng: np.random.Generator, entry: float, num_frames: int, height: int, width: int) -> _Instrument:
     """A random instrument whose shaft leaves the image in direction ``entry`` (radians)."""
-    type_id = int(rng.integers(1, len(INSTRUMENT_TYPES) + 1))
+    type_id = int(rng.choice(np.arange(1, len(INSTRUMENT_TYPES) + 1), p=_TYPE_PROBABILITIES))
     shape = _TOOL_SHAPES[type_id]
     unit = width * rng.uniform(1.35, 1.7)  # apparent size: the instrument's distance varies
     tint = (1 + rng.normal(0, 0.025, 3) + np.array([1, 0, -0.5]) * rng.uniform(0, 0.1)).astype(np.float32)
