@@ -102,9 +102,9 @@ def frame_scores(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Binary: the raw ε-ratio gives exactly the 1-or-≈0 empty-frame convention.
         iou, dice = class_iou[:, 1], class_dice[:, 1]
     else:
-        with np.errstate(invalid="ignore"):
-            iou = np.where(fg_present, np.nanmean(np.where(present, class_iou, np.nan), axis=1), empty_score)
-            dice = np.where(fg_present, np.nanmean(np.where(present, class_dice, np.nan), axis=1), empty_score)
+        n_present = np.maximum(present.sum(axis=1), 1)
+        iou = np.where(fg_present, np.where(present, class_iou, 0).sum(axis=1) / n_present, empty_score)
+        dice = np.where(fg_present, np.where(present, class_dice, 0).sum(axis=1) / n_present, empty_score)
     return {
         "iou": iou,
         "dice": dice,
