@@ -1,0 +1,267 @@
+"""Convolution layers with PyTorch semantics and a fast, exact 2× transposed convolution.
+
+Everything here is NHWC. Parameters are stored float32 (``param_dtype``) and cast to the
+computation ``dtype`` (e.g. ``jnp.bfloat16`` on TPU) at use.
+
+``ConvTranspose4x4s2`` is ``torch.nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2,
+padding=1)`` (the up-sampling of TernausNet's decoder blocks) written as ONE ordinary
+stride-1 2×2 convolution plus a phase interleave, with a hand-written exact backward (a
+stride-2 convolution and one GEMM). The textbook formulation (a convolution of the
+2×-dilated input, what ``jax.lax.conv_transpose`` and ``flax.linen.ConvTranspose`` do) has a
+backward pass that XLA:CPU runs ~30× slower than PyTorch; nothing here dilates its input.
+See ``conv_transpose_4x4_s2`` for the derivation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def torch_uniform_init(fan_in: int) -> Initializer:
+    """PyTorch's default initialiser for conv weights and biases: U(−1/√fan_in, 1/√fan_in).
+
+    (``kaiming_uniform_(a=√5)`` on the weight reduces to this bound; the bias uses the same.)
+    For ``Conv2d`` fan_in = cin·k·k; for ``ConvTranspose2d`` PyTorch uses cout·k·k.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv2d(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+    """Stride-1 'same' convolution (cross-correlation, as PyTorch), odd square kernel.
+
+    Args:
+      x: (N, H, W, Cin).
+      kernel: (k, k, Cin, Cout), k odd; zero padding (k − 1)/2 on every side.
+      bias: optional (Cout,).
+
+    Returns:
+      (N, H, W, Cout) in ``x.dtype``.
+    """
+    pad = (kernel.shape[0] - 1) // 2
+    y = lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSION_NUMBERS)
+    return y if bias is None else y + bias
+
+
+class Conv2d(nn.Module):
+    """``torch.nn.Conv2d(cin, features, k, padding=k // 2)`` in NHWC, k odd.
+
+    Params: ``kernel`` (k, k, Cin, features) — the PyTorch weight (features, Cin, k, k)
+    transposed by (2, 3, 1, 0) — and ``bias`` (features,). Default initialisation is
+    PyTorch's (``torch_uniform_init``).
+
+    Attributes:
+      features: output channels.
+      kernel_size: k (odd).
+      dtype: computation dtype; input and params are cast to it.
+      param_dtype: parameter dtype (float32).
+      kernel_init, bias_init: optional initialisers; None = PyTorch's default.
+    """
+
+    features: int
+    kernel_size: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
+
+    def _conv(self, x: Array) -> Array:
+        k = self.kernel_size
+        if k % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {k}")
+        cin = x.shape[-1]
+        default = torch_uniform_init(cin * k * k)
+        kernel = self.param("kernel", self.kernel_init or default, (k, k, cin, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init or default, (self.features,), self.param_dtype)
+        return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(N, H, W, Cin) → (N, H, W, features) in ``dtype``."""
+        return self._conv(x)
+
+
+class ConvReLU(Conv2d):
+    """``Conv2d`` followed by ReLU: TernausNet's ``ConvRelu`` (3×3, padding 1, ReLU)."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(N, H, W, Cin) → (N, H, W, features) in ``dtype``, ≥ 0."""
+        return nn.relu(self._conv(x))
+
+
+def phase_kernel(kernel: Array) -> Array:
+    """Rearranges a 4×4 transposed-conv kernel into the 2×2 kernel of its four output phases.
+
+    Args:
+      kernel: (4, 4, Cin, Cout), ``kernel[ky, kx, ci, co]`` = PyTorch ConvTranspose2d
+        ``weight[ci, co, ky, kx]``.
+
+    Returns:
+      (2, 2, Cin, 4·Cout) with ``out[ty, tx, ci, (ry, rx, co)] = kernel[3 − ry − 2·ty,
+      3 − rx − 2·tx, ci, co]`` (channel index (2·ry + rx)·Cout + co). Every tap of the 4×4
+      kernel is used exactly once; no zeros are inserted.
+    """
+    # kernel[3 − (2·ty + ry)]: flip both spatial axes, then split each as (ty, ry).
+    return einops.rearrange(kernel[::-1, ::-1], "(ty ry) (tx rx) ci co -> ty tx ci (ry rx co)", ry=2, rx=2)
+
+
+def _phase_forward(x: Array, kernel: Array) -> Array:
+    """The phase formulation of ``conv_transpose_4x4_s2`` (no bias)."""
+    h, w, cout = x.shape[1], x.shape[2], kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    z = lax.conv_general_dilated(xp, phase_kernel(kernel), (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS)
+    z = z.reshape(z.shape[:3] + (2, 2, cout))  # (N, H+1, W+1, ry, rx, Cout)
+    phases = [z[:, ry : ry + h, rx : rx + w, ry, rx] for ry in (0, 1) for rx in (0, 1)]
+    return einops.rearrange(jnp.stack(phases, -2), "n h w (ry rx) c -> n (h ry) (w rx) c", ry=2, rx=2)
+
+
+@jax.custom_vjp
+def _phase_custom_vjp(x: Array, kernel: Array) -> Array:
+    return _phase_forward(x, kernel)
+
+
+def _phase_fwd(x: Array, kernel: Array):
+    return _phase_forward(x, kernel), (x, kernel)
+
+
+def _phase_bwd(res, g: Array):
+    x, kernel = res
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    # Kernel gradient: the phase kernel's gradient is Σ_p patches(x̃)[p] ⊗ z̄[p] over the
+    # (H+1)·(W+1) positions p, where z̄ (the adjoint of the phase interleave) is g padded by
+    # one and regrouped into 2×2 blocks: z̄[a, b, (ry, rx)] = g_pad[2a + 1 − ry, 2b + 1 − rx].
+    # One GEMM (4·Cin × M) @ (M × 4·Cout), M = N·(H+1)·(W+1), with the patches built
+    # channel-major so that it is a plain row-major matrix product (XLA:CPU ran the
+    # transposed-operand form, patches (M × 4·Cin) contracted over M, about half as fast).
+    xt = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), (1, 1), (1, 1)))  # (Cin, N, H+2, W+2)
+    patches_t = jnp.stack([xt[:, :, ty : ty + h + 1, tx : tx + w + 1] for ty in (0, 1) for tx in (0, 1)])
+    gp = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    blocks = einops.rearrange(gp, "n (a i) (b j) c -> n a b i j c", i=2, j=2)[:, :, :, ::-1, ::-1]
+    dk2 = patches_t.reshape(4 * cin, -1) @ blocks.reshape(-1, 4 * cout)  # ((ty, tx, ci), (ry, rx, co))
+    dk2 = dk2.reshape(2, 2, cin, 2, 2, cout)
+    dkernel = einops.rearrange(dk2, "ty tx ci ry rx co -> (ty ry) (tx rx) ci co")[::-1, ::-1]
+    # Input gradient: the adjoint of a transposed convolution is the ordinary stride-2
+    # convolution with the same kernel (padding 1), read as (kH, kW, out=Cin, in=Cout).
+    dx = lax.conv_general_dilated(g, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWOI", "NHWC"))
+    return dx, dkernel
+
+
+_phase_custom_vjp.defvjp(_phase_fwd, _phase_bwd)
+
+
+def conv_transpose_4x4_s2(x: Array, kernel: Array, bias: Array | None = None, *, impl: str = "phase") -> Array:
+    """``torch.nn.functional.conv_transpose2d(x, w, b, stride=2, padding=1)`` for a 4×4 kernel.
+
+    Definition (PyTorch; the gradient of a stride-2 convolution): every input pixel
+    scatters a weighted copy of the kernel,
+
+        y[2i − 1 + ky, 2j − 1 + kx, co] += Σ_ci x[i, j, ci] · K[ky, kx, ci, co],
+
+    for ky, kx ∈ [0, 4); output size (2H, 2W).
+
+    Phase (sub-pixel) decomposition, ``impl="phase"``: write an output row as oy = 2m + ry
+    (ry ∈ {0, 1}). The input rows i that reach it satisfy ky = oy + 1 − 2i ∈ [0, 4), i.e.
+    exactly two rows i = m + ry − 1 + ty (ty ∈ {0, 1}) with ky = 3 − ry − 2·ty; columns
+    likewise. So output phase (ry, rx) is a 2×2 correlation of the input whose window starts
+    at (m + ry − 1, n + rx − 1). Pad the input by one pixel on every side and run ONE 2×2
+    VALID convolution, Cin → 4·Cout channels (``phase_kernel``: the 4×4 kernel, flipped and
+    regrouped); its output z has (H + 1) × (W + 1) positions and
+
+        y[2m + ry, 2n + rx, co] = z[m + ry, n + rx, (ry, rx, co)],
+
+    i.e. each phase is a shifted (H, W) window of z, and the four are interleaved into the
+    (2H, 2W) output (depth-to-space). Cost: 16·Cin·Cout·(H+1)·(W+1) multiply-adds, the
+    direct scatter's count up to the one-pixel border; no multiplications by inserted zeros
+    (the dilated-input formulation does 4× the work, a 3×3 'SAME' phase kernel 2.25×).
+
+    Backward (a custom VJP, exact): the input gradient is the adjoint of the transposed
+    convolution, the ordinary stride-2, padding-1 convolution of the output gradient with
+    the same kernel; the kernel gradient is one GEMM of 2×2 input patches against the output
+    gradient regrouped into 2×2 blocks (see ``_phase_bwd``). Neither needs input dilation,
+    which is what makes ``jax.lax.conv_transpose`` / ``flax.linen.ConvTranspose`` slow on
+    XLA:CPU (~30× PyTorch for the backward pass); measured numbers in
+    ``benchmarks/README.md``. All results equal PyTorch's up to float rounding.
+
+    Args:
+      x: (N, H, W, Cin), any float dtype.
+      kernel: (4, 4, Cin, Cout); ``kernel[ky, kx, ci, co]`` = PyTorch ``weight[ci, co, ky, kx]``
+        (a plain transpose, no flip). Same dtype as x.
+      bias: optional (Cout,).
+      impl: "phase" (default: phase forward, custom VJP; reverse-mode only, as every
+        ``jax.custom_vjp``), "phase_autodiff" (phase forward, XLA's own derivative; also
+        supports forward-mode ``jax.jvp``) or "conv_transpose" (``jax.lax.conv_transpose``
+        on the 2×-dilated input, what ``flax.linen.ConvTranspose`` does; for comparison).
+
+    Returns:
+      (N, 2H, 2W, Cout) in ``x.dtype``.
+
+    Raises:
+      ValueError: kernel not (4, 4, Cin, Cout) for the input's Cin, or unknown ``impl``.
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[:2] != (4, 4) or kernel.shape[2] != x.shape[-1]:
+        raise ValueError(f"need x (N, H, W, Cin) and kernel (4, 4, Cin, Cout), got {x.shape} and {kernel.shape}")
+    if impl == "phase":
+        y = _phase_custom_vjp(x, kernel)
+    elif impl == "phase_autodiff":
+        y = _phase_forward(x, kernel)
+    elif impl == "conv_transpose":
+        # The kernel of the stride-2 convolution this transposes maps Cout → Cin: "HWOI".
+        y = lax.conv_transpose(
+            x, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWOI", "NHWC"), transpose_kernel=True
+        )
+    else:
+        raise ValueError(f"impl must be 'phase', 'phase_autodiff' or 'conv_transpose', got {impl!r}")
+    return y if bias is None else y + bias
+
+
+class ConvTranspose4x4s2(nn.Module):
+    """``torch.nn.ConvTranspose2d(cin, features, kernel_size=4, stride=2, padding=1)``, NHWC.
+
+    (N, H, W, Cin) → (N, 2H, 2W, features), computed exactly by ``conv_transpose_4x4_s2``.
+
+    Params: ``kernel`` (4, 4, Cin, features) — the PyTorch weight (Cin, features, 4, 4)
+    transposed by (2, 3, 0, 1) — and ``bias`` (features,). Default initialisation is
+    PyTorch's: U(±1/√(features·16)).
+
+    Attributes:
+      features: output channels.
+      dtype: computation dtype; params float32 (``param_dtype``).
+      impl: "phase" (fast, default), "phase_autodiff" or "conv_transpose" (reference
+        formulation); see ``conv_transpose_4x4_s2``.
+      kernel_init, bias_init: optional initialisers; None = PyTorch's default.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    impl: str = "phase"
+    kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(N, H, W, Cin) → (N, 2H, 2W, features) in ``dtype``."""
+        default = torch_uniform_init(self.features * 16)
+        kernel = self.param("kernel", self.kernel_init or default, (4, 4, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init or default, (self.features,), self.param_dtype)
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        return conv_transpose_4x4_s2(x, kernel, bias, impl=self.impl)
