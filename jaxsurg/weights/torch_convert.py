@@ -92,9 +92,13 @@ def _get(sd: Mapping[str, np.ndarray], key: str, ndim: int) -> np.ndarray:
 def _conv(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     w = _get(sd, prefix + "weight", 4)
     b = _get(sd, prefix + "bias", 1)
-    if b.shape[0] != w.shape[0]:
-        raise ValueError(f"{prefix + 'bias'!r} has shape {b.shape}, expected ({w.shape[0]},) to match {prefix + 'weight'!r}")
+    _check_bias(b, w.shape[0], prefix)
     return {"kernel": np.ascontiguousarray(w.transpose(2, 3, 1, 0)), "bias": b}
+
+
+def _check_bias(b: np.ndarray, channels: int, prefix: str) -> None:
+    if b.shape != (channels,):
+        raise ValueError(f"{prefix}bias has shape {b.shape}, expected ({channels},) to match {prefix}weight")
 
 
 def _deconv(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -105,8 +109,7 @@ def _deconv(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
             "(Cin, Cout, 4, 4) (TernausNet is_deconv=True: kernel 4, stride 2, padding 1)"
         )
     b = _get(sd, prefix + "bias", 1)
-    if b.shape[0] != w.shape[1]:
-        raise ValueError(f"{prefix + 'bias'!r} has shape {b.shape}, expected ({w.shape[1]},) to match {prefix + 'weight'!r}")
+    _check_bias(b, w.shape[1], prefix)
     return {"kernel": np.ascontiguousarray(w.transpose(2, 3, 0, 1)), "bias": b}
 
 
