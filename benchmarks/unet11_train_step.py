@@ -37,6 +37,10 @@ import time
 
 import numpy as np
 
+# The PyTorch U-Net11 is the tests' reference model (tests/torch_reference.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+import torch_reference  # noqa: E402
+
 # --upsample value → jaxsurg.models.layers.conv_transpose_4x4_s2 impl.
 UPSAMPLE_IMPLS = {"phase": "phase", "phase-autodiff": "phase_autodiff", "convtranspose": "conv_transpose"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,64 +145,6 @@ def timed_steps(step, args, turn):
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_model(num_classes: int, nf: int):
-    """TernausNet U-Net11 (is_deconv=True) in PyTorch, with TernausNet's state-dict keys."""
-    import torch
-    from torch import nn
-
-    class ConvRelu(nn.Module):
-        def __init__(self, cin, cout):
-            super().__init__()
-            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
-
-        def forward(self, x):
-            return torch.relu(self.conv(x))
-
-    class DecoderBlock(nn.Module):
-        def __init__(self, cin, mid, cout):
-            super().__init__()
-            self.block = nn.Sequential(ConvRelu(cin, mid), nn.ConvTranspose2d(mid, cout, 4, 2, 1), nn.ReLU())
-
-        def forward(self, x):
-            return self.block(x)
-
-    class TorchUNet11(nn.Module):
-        def __init__(self):
-            super().__init__()
-            layers, cin = [], 3
-            for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
-                if v == "M":
-                    layers.append(nn.MaxPool2d(2, 2))
-                else:
-                    layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
-                    cin = v
-            self.encoder = nn.Sequential(*layers)  # torchvision vgg11().features
-            self.pool = nn.MaxPool2d(2, 2)
-            self.center = DecoderBlock(512, nf * 16, nf * 8)
-            self.dec5 = DecoderBlock(512 + nf * 8, nf * 16, nf * 8)
-            self.dec4 = DecoderBlock(512 + nf * 8, nf * 16, nf * 4)
-            self.dec3 = DecoderBlock(256 + nf * 4, nf * 8, nf * 2)
-            self.dec2 = DecoderBlock(128 + nf * 2, nf * 4, nf)
-            self.dec1 = ConvRelu(64 + nf, nf)
-            self.final = nn.Conv2d(nf, num_classes, 1)
-
-        def forward(self, x):
-            e, relu = self.encoder, torch.relu
-            conv1 = relu(e[0](x))
-            conv2 = relu(e[3](self.pool(conv1)))
-            conv3 = relu(e[8](relu(e[6](self.pool(conv2)))))
-            conv4 = relu(e[13](relu(e[11](self.pool(conv3)))))
-            conv5 = relu(e[18](relu(e[16](self.pool(conv4)))))
-            center = self.center(self.pool(conv5))
-            dec5 = self.dec5(torch.cat([center, conv5], 1))
-            dec4 = self.dec4(torch.cat([dec5, conv4], 1))
-            dec3 = self.dec3(torch.cat([dec4, conv3], 1))
-            dec2 = self.dec2(torch.cat([dec3, conv2], 1))
-            return self.final(self.dec1(torch.cat([dec2, conv1], 1)))
-
-    return TorchUNet11()
-
-
 def torch_ternaus_loss(logits, labels, w=0.3):
     """PyTorch twin of ``jaxsurg.losses.ternaus_loss`` (NCHW logits, (B, H, W) labels)."""
     import torch
@@ -230,7 +176,7 @@ def initial_state_dict(args) -> dict[str, np.ndarray]:
     import torch
 
     torch.manual_seed(0)
-    return {k: v.numpy().copy() for k, v in torch_model(args.num_classes, args.num_filters).state_dict().items()}
+    return {k: v.numpy().copy() for k, v in torch_reference.unet11(args.num_classes, args.num_filters).state_dict().items()}
 
 
 def run_torch(args, state_dict, turn, queue) -> None:
@@ -240,7 +186,7 @@ def run_torch(args, state_dict, turn, queue) -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     images, labels = make_batch(args)
-    model = torch_model(args.num_classes, args.num_filters)
+    model = torch_reference.unet11(args.num_classes, args.num_filters)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -15,6 +15,8 @@ from jaxsurg.models import ConvTranspose4x4s2, UNet11, VGG11Encoder, conv_transp
 from jaxsurg.models.vgg import IMAGENET_MEAN, IMAGENET_STD
 from jaxsurg.weights import torch_convert
 
+import torch_reference  # tests/torch_reference.py
+
 
 def _torch():
     return pytest.importorskip("torch")
@@ -33,78 +35,6 @@ def _imagenet_normalize_nchw(x_nhwc: np.ndarray):
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
     return _nchw((x_nhwc - mean) / std)
-
-
-def _torch_vgg11_features():
-    """torchvision ``vgg11().features`` (no BN): conv indices 0, 3, 6, 8, 11, 13, 16, 18."""
-    nn = _torch().nn
-    layers, cin = [], 3
-    for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
-            cin = v
-    return nn.Sequential(*layers)
-
-
-def _torch_vgg_skips(features, x):
-    """The five U-Net11 skip features from a torchvision-layout ``features`` module."""
-    torch = _torch()
-    f, pool = features, torch.nn.functional.max_pool2d
-    c1 = torch.relu(f[0](x))
-    c2 = torch.relu(f[3](pool(c1, 2)))
-    c3 = torch.relu(f[8](torch.relu(f[6](pool(c2, 2)))))
-    c4 = torch.relu(f[13](torch.relu(f[11](pool(c3, 2)))))
-    c5 = torch.relu(f[18](torch.relu(f[16](pool(c4, 2)))))
-    return c1, c2, c3, c4, c5
-
-
-def _torch_unet11(num_classes: int, nf: int):
-    """TernausNet UNet11 (is_deconv=True), state-dict keys as ternaus/robot-surgery-segmentation."""
-    torch = _torch()
-    nn = torch.nn
-
-    class ConvRelu(nn.Module):
-        def __init__(self, cin, cout):
-            super().__init__()
-            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
-
-        def forward(self, x):
-            return torch.relu(self.conv(x))
-
-    class DecoderBlock(nn.Module):
-        def __init__(self, cin, mid, cout):
-            super().__init__()
-            self.block = nn.Sequential(
-                ConvRelu(cin, mid), nn.ConvTranspose2d(mid, cout, kernel_size=4, stride=2, padding=1), nn.ReLU()
-            )
-
-        def forward(self, x):
-            return self.block(x)
-
-    class TorchUNet11(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = _torch_vgg11_features()
-            self.center = DecoderBlock(512, nf * 8 * 2, nf * 8)
-            self.dec5 = DecoderBlock(512 + nf * 8, nf * 8 * 2, nf * 8)
-            self.dec4 = DecoderBlock(512 + nf * 8, nf * 8 * 2, nf * 4)
-            self.dec3 = DecoderBlock(256 + nf * 4, nf * 4 * 2, nf * 2)
-            self.dec2 = DecoderBlock(128 + nf * 2, nf * 2 * 2, nf)
-            self.dec1 = ConvRelu(64 + nf, nf)
-            self.final = nn.Conv2d(nf, num_classes, kernel_size=1)
-
-        def forward(self, x):
-            conv1, conv2, conv3, conv4, conv5 = _torch_vgg_skips(self.encoder, x)
-            center = self.center(nn.functional.max_pool2d(conv5, 2))
-            dec5 = self.dec5(torch.cat([center, conv5], 1))
-            dec4 = self.dec4(torch.cat([dec5, conv4], 1))
-            dec3 = self.dec3(torch.cat([dec4, conv3], 1))
-            dec2 = self.dec2(torch.cat([dec3, conv2], 1))
-            return self.final(self.dec1(torch.cat([dec2, conv1], 1)))
-
-    return TorchUNet11()
 
 
 def _state_dict(module) -> dict[str, np.ndarray]:
@@ -167,7 +97,7 @@ def test_unet11_matches_torch_after_conversion(num_classes):
     torch = _torch()
     torch.manual_seed(num_classes)
     nf = 32
-    net = _torch_unet11(num_classes, nf).eval()
+    net = torch_reference.unet11(num_classes, nf).eval()
     model = UNet11(num_classes=num_classes, num_filters=nf)
     x = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
 
@@ -191,7 +121,7 @@ def test_unet11_gradients_match_torch():
     torch = _torch()
     torch.manual_seed(7)
     nf, num_classes = 8, 3
-    net = _torch_unet11(num_classes, nf)
+    net = torch_reference.unet11(num_classes, nf)
     model = UNet11(num_classes=num_classes, num_filters=nf)
     rng = np.random.default_rng(3)
     x = rng.random((1, 64, 32, 3), dtype=np.float32)
@@ -236,14 +166,14 @@ def test_unet11_rejects_bad_input_shape(shape):
 def test_vgg11_features_state_dict_loads_into_encoder():
     torch = _torch()
     torch.manual_seed(0)
-    features = _torch_vgg11_features().eval()
+    features = torch_reference.vgg11_features().eval()
     sd = {f"features.{k}": v for k, v in _state_dict(features).items()}
     sd["classifier.0.weight"] = np.zeros((4, 4), np.float32)  # ignored
     params = torch_convert.vgg11_encoder_params(sd)
     x = np.random.default_rng(2).random((1, 32, 48, 3), dtype=np.float32)
     feats = jax.jit(VGG11Encoder().apply)({"params": params}, jnp.asarray(x))
     with torch.no_grad():
-        refs = _torch_vgg_skips(features, _imagenet_normalize_nchw(x))
+        refs = torch_reference.vgg_skips(features, _imagenet_normalize_nchw(x))
     assert [f.shape[-1] for f in feats] == [64, 128, 256, 512, 512]
     for got, ref in zip(feats, refs):
         ref = _nhwc(ref)
@@ -260,7 +190,7 @@ def test_vgg11_features_state_dict_loads_into_encoder():
 
 def test_converter_reads_pth_files_with_wrappers(tmp_path):
     torch = _torch()
-    features = _torch_vgg11_features()
+    features = torch_reference.vgg11_features()
     path = tmp_path / "vgg11.pth"
     wrapped = {f"module.features.{k}": v for k, v in features.state_dict().items()}
     torch.save({"model": wrapped, "epoch": 3}, path)
