@@ -46,6 +46,8 @@ import dataclasses
 import cv2
 import numpy as np
 
+from jaxsurg.data import flow as flow_lib
+
 INSTRUMENT_TYPES: tuple[str, ...] = (
     "Bipolar Forceps",
     "Prograsp Forceps",
@@ -729,23 +731,14 @@ _TYPE_COLOURS = np.array(
 _KEYPOINT_COLOURS = ((255, 60, 60), (60, 160, 255), (255, 255, 0), (255, 0, 255))
 
 
-def flow_to_rgb(flow: np.ndarray, valid: np.ndarray, max_norm: float | None = None) -> np.ndarray:
-    """Colour-codes flow (..., H, W, 2) on an HSV wheel: hue = direction, brightness =
-    speed relative to ``max_norm`` (default: the largest valid speed); invalid pixels black.
-    Returns uint8 (..., H, W, 3) RGB."""
-    norm = np.linalg.norm(flow, axis=-1)
-    if max_norm is None:
-        max_norm = float(norm[valid].max()) if valid.any() else 1.0
-    hue = (np.degrees(np.arctan2(flow[..., 1], flow[..., 0])) % 360) / 2
-    hsv = np.stack([hue, np.full_like(hue, 255), 255 * np.clip(norm / max(max_norm, 1e-6), 0, 1) ** 0.5], -1)
-    rgb = cv2.cvtColor(hsv.reshape(-1, 1, 3).astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(hsv.shape)
-    return rgb * valid[..., None].astype(np.uint8)
-
-
 def contact_sheet(clip: dict[str, np.ndarray]) -> np.ndarray:
     """uint8 RGB sheet of a ``render_clip`` result: one row per frame; columns image with
-    key points, parts overlay, type overlay, colour-coded flow (invalid black)."""
-    flows = flow_to_rgb(clip["flow"], clip["flow_valid"])
+    key points, parts overlay, type overlay, colour-coded flow (``flow.flow_to_rgb``, full
+    brightness at the clip's largest valid speed, invalid pixels grey)."""
+    valid = clip["flow_valid"]
+    speed = np.linalg.norm(clip["flow"], axis=-1)
+    max_speed = float(speed[valid].max()) if valid.any() else 1.0
+    flows = [flow_lib.flow_to_rgb(f, max_speed, v) for f, v in zip(clip["flow"], valid)]
     rows = []
     for t, image in enumerate(clip["image"]):
         parts = _overlay(image, _PART_COLOURS[clip["mask_parts"][t]], clip["mask_parts"][t] > 0)
