@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxsurg import metrics
+from jaxsurg.train.writers import write_json
 
 # RGB colours of classes 1, 2, ... in overlays (class 0 = background is left uncoloured).
 PALETTE = np.array(
@@ -99,13 +100,6 @@ def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: A
     return predict
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def evaluate_segmentation(
     predict: Callable[[np.ndarray], np.ndarray],
     frames: Iterable[tuple[int, dict[str, np.ndarray]]],
@@ -174,5 +168,5 @@ def evaluate_segmentation(
         with open(os.path.join(out_dir, "per_frame.jsonl"), "w", encoding="utf-8") as f:
             for rid, iou, dice in zip(ids, scores["iou"], scores["dice"]):
                 f.write(json.dumps({"record": rid, "iou": float(iou), "dice": float(dice)}) + "\n")
-        _write_json(os.path.join(out_dir, "summary.json"), summary)
+        write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary

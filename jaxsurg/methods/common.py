@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -12,6 +11,7 @@ import jax
 import ml_collections
 
 from jaxsurg.data import datasets
+from jaxsurg.train.writers import write_json
 
 
 def resolve_config(config: ml_collections.ConfigDict, num_train_frames: int) -> ml_collections.ConfigDict:
@@ -35,7 +35,4 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config.to_dict(), f, indent=2, default=list)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    write_json(os.path.join(workdir, "config.json"), config.to_dict(), default=list)

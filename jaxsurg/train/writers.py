@@ -17,6 +17,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically (a ``.tmp`` file, then a rename), so a
+    reader never sees a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, **dump_kwargs)
+    os.replace(tmp, path)
+
+
 class MetricWriter:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors the scalars
     to TensorBoard under ``WORKDIR/tensorboard/<stage>``. Only process 0 writes.
