@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import jax
 import ml_collections
