@@ -80,12 +80,15 @@ def overlay_panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, capti
     return panel
 
 
-def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any) -> Callable[[np.ndarray], np.ndarray]:
+def make_predictor(
+    apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, *, pad_multiple: int = 32
+) -> Callable[[np.ndarray], np.ndarray]:
     """A host-side predictor from a Linen ``apply``: uint8 (B, H, W, 3) → int32 (B, H, W).
 
-    Images are padded to multiples of 32, scaled to [0, 1], run through the jitted model on
-    this process's devices, thresholded (binary) or arg-maxed (multi-class), and cropped
-    back to (H, W).
+    Images are padded to multiples of ``pad_multiple`` (32 for U-Net11; 1 = no padding, for
+    models that take any size), scaled to [0, 1], run through the jitted model on this
+    process's devices, thresholded (binary) or arg-maxed (multi-class), and cropped back to
+    (H, W).
     """
     variables = jax.device_get(variables)
 
@@ -95,7 +98,8 @@ def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: A
 
     def predict(images: np.ndarray) -> np.ndarray:
         h, w = images.shape[1:3]
-        return np.asarray(classes(pad_to_multiple(images)))[:, :h, :w]
+        padded = pad_to_multiple(images, pad_multiple) if pad_multiple > 1 else images
+        return np.asarray(classes(padded))[:, :h, :w]
 
     return predict
 

@@ -44,6 +44,8 @@ class LoadedDataset:
       train_rows, test_rows: record indices into them used for training / evaluation
         (training rows are the labelled subset for ``config.label_interval``; test rows are
         the labelled test frames).
+      train_all_rows: every record of the training part, labelled or not (self-supervised
+        stages read these).
       class_names: classes of ``config.task``, index 0 = background.
       split_info: how the split was made, for summary.json.
     """
@@ -55,6 +57,7 @@ class LoadedDataset:
     test_rows: np.ndarray
     class_names: tuple[str, ...]
     split_info: dict
+    train_all_rows: np.ndarray | None = None
 
 
 def builder_config_name(config: Any) -> str | None:
@@ -105,10 +108,11 @@ def load(config: Any) -> LoadedDataset:
         test_index = datasets.RecordIndex.read(test_source)
         train_rows, test_rows = np.arange(len(train_source)), np.arange(len(test_source))
         split_info = {"mode": "clips", "train": "train split", "test": "test split"}
+    train_all_rows = train_rows
     train_rows = datasets.labelled_subset(index, train_rows, config.label_interval)
     test_rows = test_rows[test_index.has_label[test_rows]]
     split_info.update(train_labelled_frames=int(len(train_rows)), test_labelled_frames=int(len(test_rows)))
-    return LoadedDataset(train_source, test_source, index, train_rows, test_rows, class_names, split_info)
+    return LoadedDataset(train_source, test_source, index, train_rows, test_rows, class_names, split_info, train_all_rows)
 
 
 class Frames(Sequence):
