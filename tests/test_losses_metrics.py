@@ -114,3 +114,9 @@ def test_summarize_rejects_bad_input():
     counts = _counts(np.zeros((1, 1, 2), int), np.zeros((1, 1, 2), int), 2)
     with pytest.raises(ValueError, match="class names"):
         metrics.summarize(counts, ("only-one",))
+
+
+def test_binary_cross_entropy_gradient_at_zero_logit_is_sigmoid_minus_target():
+    labels = jnp.array([[[1, 0]]], jnp.int32)
+    grad = jax.grad(lambda z: cross_entropy(z, labels))(jnp.zeros((1, 1, 2, 1)))
+    np.testing.assert_allclose(np.asarray(grad)[0, 0, :, 0], [(0.5 - 1) / 2, (0.5 - 0) / 2], rtol=1e-6)

@@ -34,8 +34,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     logits = logits.astype(jnp.float32)
     if logits.shape[-1] == 1:
         z = logits[..., 0]
-        # BCE with logits, numerically stable: max(z, 0) - z*y + log(1 + exp(-|z|)).
-        per_pixel = jnp.maximum(z, 0) - z * target + jnp.log1p(jnp.exp(-jnp.abs(z)))
+        # BCE with logits, log(1 + e^z) - z·y; softplus is stable and has the right
+        # derivative (σ(z) - y) at z = 0, where max(z, 0) + log1p(e^-|z|) has a kink.
+        per_pixel = jax.nn.softplus(z) - z * target
     else:
         log_p = jax.nn.log_softmax(logits, axis=-1)
         per_pixel = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
