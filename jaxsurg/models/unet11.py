@@ -8,6 +8,7 @@ Motion Flow (Zhao et al. 2020). See REFERENCE.md, "U-Net11".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -75,6 +76,9 @@ class UNet11(nn.Module):
     ``deconv``), ``dec1`` and ``final`` ({kernel, bias}). Initialisation as the PyTorch model
     (torchvision VGG init for the encoder, PyTorch layer defaults elsewhere).
 
+    The body is ``unet11_layers`` (shared with ``convlstm.UNet11ConvLSTM``, which inserts a
+    ConvLSTM at the bottleneck under the same parameter names).
+
     Raises:
       ValueError: input not rank 4 with 3 channels, or H or W not a multiple of 32.
     """
@@ -93,18 +97,56 @@ class UNet11(nn.Module):
                 f"UNet11 needs H and W that are multiples of 32, got shape {x.shape} "
                 f"(H={x.shape[1]}, W={x.shape[2]})"
             )
-        nf, dt = self.num_filters, self.dtype
-        conv1, conv2, conv3, conv4, conv5 = VGG11Encoder(dtype=dt, name="encoder")(x)
+        return unet11_layers(
+            x, num_classes=self.num_classes, num_filters=self.num_filters, dtype=self.dtype, upsample=self.upsample
+        )
 
-        def block(middle: int, features: int, name: str) -> DecoderBlock:
-            return DecoderBlock(middle, features, dtype=dt, upsample=self.upsample, name=name)
 
-        cat = lambda a, b: jnp.concatenate([a, b], axis=-1)  # noqa: E731
-        center = block(nf * 16, nf * 8, "center")(max_pool_2x2(conv5))
-        dec5 = block(nf * 16, nf * 8, "dec5")(cat(center, conv5))
-        dec4 = block(nf * 16, nf * 4, "dec4")(cat(dec5, conv4))
-        dec3 = block(nf * 8, nf * 2, "dec3")(cat(dec4, conv3))
-        dec2 = block(nf * 4, nf, "dec2")(cat(dec3, conv2))
-        dec1 = ConvReLU(nf, dtype=dt, name="dec1")(cat(dec2, conv1))
-        logits = Conv2d(self.num_classes, kernel_size=1, dtype=dt, name="final")(dec1)
-        return logits.astype(jnp.float32)
+def unet11_layers(
+    x: Array,
+    *,
+    num_classes: int,
+    num_filters: int,
+    dtype: Any = jnp.float32,
+    upsample: str = "phase",
+    bottleneck: Callable[[Array], Array] | None = None,
+) -> Array:
+    """The body of ``UNet11``, with an optional hook at the bottleneck.
+
+    Must be called inside the ``@nn.compact`` method of a Linen module: it creates that
+    module's submodules ``encoder``, ``center``, ``dec5`` … ``dec2``, ``dec1`` and ``final``
+    (exactly ``UNet11``'s parameter tree), so modules built on it share U-Net11's names and
+    load its params. It does not check the input (the caller does).
+
+    Args:
+      x: (N, H, W, 3) RGB in [0, 1], H and W multiples of 32.
+      num_classes, num_filters, dtype, upsample: as ``UNet11``'s fields.
+      bottleneck: optional function applied to the pooled conv5 features
+        ``max_pool_2x2(conv5)`` (N, H/32, W/32, 512) before ``center``; it must return an
+        array of the same shape (it may create further submodules of the calling module,
+        e.g. the ConvLSTM of ``UNet11ConvLSTM``). None = identity (plain U-Net11).
+
+    Returns:
+      logits (N, H, W, num_classes) float32.
+    """
+    nf, dt = num_filters, dtype
+    conv1, conv2, conv3, conv4, conv5 = VGG11Encoder(dtype=dt, name="encoder")(x)
+
+    def block(middle: int, features: int, name: str) -> DecoderBlock:
+        return DecoderBlock(middle, features, dtype=dt, upsample=upsample, name=name)
+
+    cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=-1)  # noqa: E731
+    pooled = max_pool_2x2(conv5)
+    if bottleneck is not None:
+        out = bottleneck(pooled)
+        if out.shape != pooled.shape:
+            raise ValueError(f"bottleneck must return the shape of its input {pooled.shape}, got {out.shape}")
+        pooled = out.astype(pooled.dtype)
+    center = block(nf * 16, nf * 8, "center")(pooled)
+    dec5 = block(nf * 16, nf * 8, "dec5")(cat(center, conv5))
+    dec4 = block(nf * 16, nf * 4, "dec4")(cat(dec5, conv4))
+    dec3 = block(nf * 8, nf * 2, "dec3")(cat(dec4, conv3))
+    dec2 = block(nf * 4, nf, "dec2")(cat(dec3, conv2))
+    dec1 = ConvReLU(nf, dtype=dt, name="dec1")(cat(dec2, conv1))
+    logits = Conv2d(num_classes, kernel_size=1, dtype=dt, name="final")(dec1)
+    return logits.astype(jnp.float32)

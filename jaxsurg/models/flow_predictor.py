@@ -1,0 +1,194 @@
+"""G, Dual Motion Flow's motion-flow predictor: an SDC-Net-style encoder–decoder.
+
+Sources:
+  - Zhao et al., "Learning Motion Flows for Semi-supervised Instrument Segmentation from
+    Robotic Surgical Video" (Dual Motion Flow, MICCAI 2020), Sec. 2.1, Eq. (1):
+    F̂_{t→t+1} = G(I_{t0:t}, F_{t0+1:t}), Î_{t+1} = T(I_t, F̂_{t→t+1}).
+  - Reda et al., "SDC-Net: Video prediction using spatially-displaced convolution" (ECCV
+    2018) and its public ``SDCNet2D`` (NVIDIA semantic-segmentation/sdcnet), which Dual MF's
+    code adapts: 3 frames + 2 flows (13 channels), strided conv encoder, bilinear-upsampling
+    decoder with skips, flows normalised as (f − mean)/(3·std) and de-normalised at the output.
+
+NHWC throughout; flows are (dx, dy) in pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsurg.models.unet import LEAKY_SLOPE, upsample_bilinear_2x
+
+Array = jax.Array
+
+# SDC-Net's dataset constants (its ``flow_mean`` / ``flow_std`` buffers, per component dx, dy).
+SDC_FLOW_MEAN = (-0.94427323, -1.23077035)
+SDC_FLOW_STD = (13.77204132, 7.47463894)
+
+
+def _bias_uniform01(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """``torch.nn.init.uniform_(bias)``: U[0, 1), SDC-Net's bias initialisation."""
+    return jax.random.uniform(key, shape, dtype, 0.0, 1.0)
+
+
+class StridedConv2d(nn.Module):
+    """``torch.nn.Conv2d(cin, features, k, stride, padding=(k − 1) // 2)`` in NHWC, k odd.
+
+    (N, H, W, Cin) → (N, ⌈H/stride⌉, ⌈W/stride⌉, features) (exactly H/stride for even H and
+    stride 2). Params ``kernel`` (k, k, Cin, features) (PyTorch weight transposed by
+    (2, 3, 1, 0)) and ``bias`` (features,). Initialisation as SDC-Net: Xavier-uniform kernel
+    (fan_in = Cin·k², fan_out = features·k², as PyTorch), bias U[0, 1).
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, s = self.kernel_size, self.stride
+        if k % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {k}")
+        kernel = self.param(
+            "kernel", nn.initializers.xavier_uniform(), (k, k, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = self.param("bias", _bias_uniform01, (self.features,), self.param_dtype)
+        p = (k - 1) // 2
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype), kernel.astype(self.dtype), (s, s), ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias.astype(self.dtype)
+
+
+class MotionFlowPredictor(nn.Module):
+    """G of Dual Motion Flow (SDC-Net2D layout): predicts the motion flow of the next step.
+
+    ``apply({'params': p}, frames, flows)``:
+
+      frames: (B, T, H, W, 3) float RGB in [0, 1], oldest first (T = num_frames; for T = 3:
+        I_{t−2}, I_{t−1}, I_t). H and W multiples of 64.
+      flows: (B, T − 1, H, W, 2) float, (dx, dy) in pixels, the optical flow of each
+        consecutive pair in the same time order (for T = 3: between I_{t−2}, I_{t−1} and
+        between I_{t−1}, I_t). The network learns whichever direction convention the training
+        loss fixes; pass flows of the direction the predicted flow is used in (SDC-Net's
+        code feeds FlowNet2 the pair (I_{k+1}, I_k), i.e. backward flows, and samples I_t at
+        x + F̂(x); the paper writes a forward warp with F̂_{t→t+1}).
+
+    Returns the predicted flow F̂ (B, H, W, 2) float32 in pixels.
+
+    Input normalisation (inside, as SDC-Net's ``network_output``):
+      - flows: (f − mean) / (3·std) per component; the output is de-normalised as
+        3·std·y + mean. ``flow_mean``/``flow_std`` are dataset constants (defaults: SDC-Net's
+        buffers, ``SDC_FLOW_MEAN``/``SDC_FLOW_STD``); set either to None to use per-example
+        statistics instead (mean / std per component over the T − 1 flows and all pixels,
+        std floored at 1e-3 px, no gradient through them).
+      - frames: minus the per-example, per-channel mean over all T frames and pixels (the
+        "FlowNet2-type" normalisation; SDC-Net divides by rgb_max = 255 because its images
+        are in [0, 255], here they are in [0, 1]).
+      - channel order (SDC-Net's, for compatibility with its weights): component-major,
+        time-minor — flows (dx_1 … dx_{T−1}, dy_1 … dy_{T−1}), then frames
+        (r_1 … r_T, g_1 … g_T, b_1 … b_T): 2(T − 1) + 3T channels (13 for T = 3).
+
+    Architecture (b = base_features = 32; LeakyReLU 0.1 after every conv except the last):
+
+        conv1  7×7/2 → b      conv2  5×5/2 → 2b     conv3 5×5/2 → 4b   conv3_1 → 4b
+        conv4  3×3/2 → 8b     conv4_1 → 8b          conv5 3×3/2 → 8b   conv5_1 → 8b
+        conv6  3×3/2 → 16b    conv6_1 → 16b                              (H/64)
+        deconvK = bilinear ×2 + conv3×3: deconv5 (conv6_1) → 8b, cat conv5;
+        deconv4 → 4b, cat conv4; deconv3 → 2b, cat conv3; deconv2 → b, cat conv2;
+        deconv1 → b/2, cat conv1; deconv0 → b/4, cat the network input;
+        final_flow conv3×3 → 2 (linear), then de-normalised.
+
+    Attributes:
+      num_frames: T ≥ 2 (3 in Dual MF / SDC-Net).
+      base_features: b, a multiple of 4 (32 = SDC-Net's widths 32 … 512 and 256 … 8).
+      flow_mean, flow_std: (dx, dy) dataset constants in pixels, or None (per-example).
+      dtype: computation dtype; params float32.
+
+    Params: ``conv1, conv2, conv3, conv3_1, conv4, conv4_1, conv5, conv5_1, conv6, conv6_1,
+    deconv5 … deconv0, final_flow``, each {kernel (k, k, Cin, Cout), bias}: SDC-Net's names
+    (its ``convN.0.weight`` / ``deconvN.1.0.weight`` → ``convN`` / ``deconvN``).
+    Initialisation as SDC-Net: Xavier-uniform kernels, U[0, 1) biases.
+
+    Raises:
+      ValueError: frames not (B, num_frames, H, W, 3), flows not (B, num_frames − 1, H, W, 2),
+        H or W not a multiple of 64, or a bad field.
+    """
+
+    num_frames: int = 3
+    base_features: int = 32
+    flow_mean: tuple[float, float] | None = SDC_FLOW_MEAN
+    flow_std: tuple[float, float] | None = SDC_FLOW_STD
+    dtype: Any = jnp.float32
+
+    def _check(self, frames: Array, flows: Array) -> None:
+        t = self.num_frames
+        if t < 2:
+            raise ValueError(f"num_frames must be >= 2, got {t}")
+        if self.base_features < 4 or self.base_features % 4:
+            raise ValueError(f"base_features must be a positive multiple of 4, got {self.base_features}")
+        if frames.ndim != 5 or frames.shape[1] != t or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (B, {t}, H, W, 3) (num_frames={t}), got shape {frames.shape}")
+        b, _, h, w, _ = frames.shape
+        if flows.shape != (b, t - 1, h, w, 2):
+            raise ValueError(f"flows must be (B, T-1, H, W, 2) = {(b, t - 1, h, w, 2)}, got shape {flows.shape}")
+        if h % 64 or w % 64:
+            raise ValueError(f"MotionFlowPredictor needs H and W that are multiples of 64, got frames of shape {frames.shape}")
+
+    def _flow_stats(self, flows: Array) -> tuple[Array, Array]:
+        """(mean, std), each broadcastable to (B, T−1, H, W, 2)."""
+        if self.flow_mean is None or self.flow_std is None:
+            f = lax.stop_gradient(flows)
+            mean = jnp.mean(f, axis=(1, 2, 3), keepdims=True)
+            std = jnp.maximum(jnp.std(f, axis=(1, 2, 3), keepdims=True), 1e-3)
+            return mean, std
+        return jnp.asarray(self.flow_mean, jnp.float32), jnp.asarray(self.flow_std, jnp.float32)
+
+    @nn.compact
+    def __call__(self, frames: Array, flows: Array) -> Array:
+        self._check(frames, flows)
+        frames = frames.astype(jnp.float32)
+        flows = flows.astype(jnp.float32)
+        mean, std = self._flow_stats(flows)
+        norm_flows = (flows - mean) / (3.0 * std)
+        frames = frames - jnp.mean(frames, axis=(1, 2, 3), keepdims=True)
+        bsz, _, h, w, _ = frames.shape
+        # (B, T, H, W, C) → (B, H, W, C, T) → (B, H, W, C·T): channel index c·T + t.
+        interleave = lambda a: jnp.moveaxis(a, 1, -1).reshape(bsz, h, w, -1)
+        x = jnp.concatenate([interleave(norm_flows), interleave(frames)], axis=-1)
+
+        b, dt = self.base_features, self.dtype
+        act = lambda y: nn.leaky_relu(y, LEAKY_SLOPE)
+
+        def conv(features: int, k: int, s: int, name: str):
+            return lambda y: act(StridedConv2d(features, k, s, dtype=dt, name=name)(y))
+
+        c1 = conv(b, 7, 2, "conv1")(x)
+        c2 = conv(2 * b, 5, 2, "conv2")(c1)
+        c3 = conv(4 * b, 3, 1, "conv3_1")(conv(4 * b, 5, 2, "conv3")(c2))
+        c4 = conv(8 * b, 3, 1, "conv4_1")(conv(8 * b, 3, 2, "conv4")(c3))
+        c5 = conv(8 * b, 3, 1, "conv5_1")(conv(8 * b, 3, 2, "conv5")(c4))
+        c6 = conv(16 * b, 3, 1, "conv6_1")(conv(16 * b, 3, 2, "conv6")(c5))
+
+        def up(y: Array, features: int, name: str) -> Array:
+            return conv(features, 3, 1, name)(upsample_bilinear_2x(y))
+
+        cat = lambda a, c: jnp.concatenate([a.astype(dt), c], axis=-1)
+        y = cat(c5, up(c6, 8 * b, "deconv5"))
+        y = cat(c4, up(y, 4 * b, "deconv4"))
+        y = cat(c3, up(y, 2 * b, "deconv3"))
+        y = cat(c2, up(y, b, "deconv2"))
+        y = cat(c1, up(y, b // 2, "deconv1"))
+        y = cat(x, up(y, b // 4, "deconv0"))
+        out = StridedConv2d(2, 3, 1, dtype=dt, name="final_flow")(y).astype(jnp.float32)
+        mean_out, std_out = mean, std
+        if mean_out.ndim == 5:  # per-example statistics: (B, 1, 1, 1, 2) → (B, 1, 1, 2)
+            mean_out, std_out = mean_out[:, 0], std_out[:, 0]
+        return 3.0 * std_out * out + mean_out
