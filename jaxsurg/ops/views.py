@@ -1,0 +1,574 @@
+"""On-device view generation for Laparoflow-SSL pretraining (Moens et al. 2024, §2.2, App. B.2).
+
+Two views of every frame x (Eqs. 2–4):
+
+    view1 = G1(P1(x))          → z1 = f(view1)
+    view2 = G2(G1(P2(x)))      → z2 = f(view2)
+    z3 = G2(z1)                 (z1 resampled on view 2's representation grid)
+
+P is a random photometric transform (brightness, contrast, saturation, hue), G a random
+geometric one (horizontal flip, rotation, zoomed crop). G2 acts on view 1 and is drawn so
+that all of view 2 lies inside view 1 ("the second crop is always taken within the first
+crop"), hence z3 exists for every pixel of view 2. The flow and the valid-pixel mask follow
+G1 (flow VALUES unchanged by default, App. B.2).
+
+Coordinate conventions (used by every function here):
+- Image pixel (row i, column j) has its CENTRE at (x, y) = (j, i); a point (x, y) is a
+  float pair in that frame, last axis ordered (x, y). The image AREA is
+  [−0.5, W − 0.5] × [−0.5, H − 0.5]; a sample is ``inside`` when it falls in that area
+  (1e-3 px tolerance) and bilinear sampling replicates the edge pixels within it.
+- A geometric transform is a 2×3 affine ``A`` mapping OUTPUT pixel coordinates to INPUT
+  pixel coordinates: (x_in, y_in) = A[:, :2] @ (x_out, y_out) + A[:, 2]. Applying it is
+  bilinear (images, flow) or nearest (masks) sampling of the input at those coordinates.
+  ``affine12 = compose_affine(affine1, affine2)`` maps view-2 pixels straight to the input,
+  so view 2 is resampled from the raw frame once, not twice.
+- Angles: a view with angle θ shows the content rotated by θ counter-clockwise on screen
+  (y axis pointing down); θ = 90° is ``jnp.rot90(image, 1, axes=(-3, -2))`` of a square
+  frame. The flip mirrors the finished (rotated) view horizontally: with both, the view is
+  ``jnp.rot90(image, 1, axes=(-3, -2))[..., :, ::-1, :]``.
+- Representation grid of stride s (s = 4 for SegFormer): representation pixel (i, j)
+  covers image pixels [s·i, s·i + s) × [s·j, s·j + s) and its centre is at image point
+  (s·j + o, s·i + o) with o = ``grid_offset`` = (s − 1)/2 = 1.5 by default; the grid has
+  (ceil(h/s), ceil(w/s)) pixels. Representation coordinate r and image coordinate p relate
+  by p = s·r + o. SegFormer's first layer (k7/s4/p3 conv) centres output i's receptive
+  field on input pixel 4i (taps 4i − 3 … 4i + 3), 1.5 px left of 4i + 1.5; the choice of
+  4i + 1.5 is the half-pixel ("align_corners=False") convention that SegFormer's own ×4
+  bilinear upsampling of its output to the image assumes, and it makes 4×4 average pooling
+  of image-resolution maps (flow1, valid1) land on the same centres. The difference is
+  3/8 of a representation pixel; pass ``grid_offset=0.0`` for the conv-centre convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsurg.ops import color
+
+Array = jax.Array
+
+__all__ = [
+    "PhotometricParams",
+    "sample_photometric",
+    "apply_photometric",
+    "view_affine",
+    "sample_g1",
+    "sample_g2",
+    "g2_min_zoom",
+    "compose_affine",
+    "invert_affine",
+    "apply_affine",
+    "pixel_grid",
+    "representation_grid",
+    "representation_map",
+    "sample_bilinear",
+    "sample_nearest",
+    "make_views",
+]
+
+_INSIDE_TOL = 1e-3  # pixels
+
+
+# ------------------------------------------------------------------------------ photometric
+@dataclasses.dataclass(frozen=True)
+class PhotometricParams:
+    """Ranges of the photometric transform P (Moens et al. 2024, App. B.2; paper defaults).
+
+    Attributes:
+      brightness: maximum absolute brightness shift, in [0, 1] image units; the shift is
+        U[−brightness, brightness] added to R, G and B (paper: ±64 of 255).
+      contrast: (lo, hi) range of the factor multiplying R, G and B (paper: [0.25, 1.75]).
+      saturation: (lo, hi) range of the factor multiplying S in HSV (paper: [0.25, 1.75]).
+      hue_degrees: maximum absolute hue shift in degrees; the shift is U[−hue, hue] added to
+        H (paper: ±24°).
+
+    Raises:
+      ValueError: negative ``brightness``/``hue_degrees``, or a range with lo > hi or lo < 0.
+    """
+
+    brightness: float = 64.0 / 255.0
+    contrast: tuple[float, float] = (0.25, 1.75)
+    saturation: tuple[float, float] = (0.25, 1.75)
+    hue_degrees: float = 24.0
+
+    def __post_init__(self):
+        if not self.brightness >= 0:
+            raise ValueError(f"PhotometricParams.brightness must be >= 0 (a maximum |shift| in [0, 1] units), got {self.brightness}")
+        if not self.hue_degrees >= 0:
+            raise ValueError(f"PhotometricParams.hue_degrees must be >= 0 (a maximum |shift| in degrees), got {self.hue_degrees}")
+        for name in ("contrast", "saturation"):
+            rng = getattr(self, name)
+            if len(rng) != 2 or not 0 <= rng[0] <= rng[1]:
+                raise ValueError(f"PhotometricParams.{name} must be a (lo, hi) pair with 0 <= lo <= hi, got {rng}")
+            object.__setattr__(self, name, (float(rng[0]), float(rng[1])))
+
+    @classmethod
+    def identity(cls) -> PhotometricParams:
+        """Parameters for which P is the identity (up to the HSV round trip, ~1e-6)."""
+        return cls(brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue_degrees=0.0)
+
+
+def sample_photometric(key: Array, params: PhotometricParams) -> Array:
+    """Draws one photometric transform.
+
+    Args:
+      key: PRNG key.
+      params: the ranges.
+
+    Returns:
+      float32 (4,): (brightness shift in [0, 1] units, contrast factor, saturation factor,
+      hue shift in turns = degrees / 360), each uniform in its range.
+    """
+    return _photometric_from_uniform(jax.random.uniform(key, (4,), jnp.float32), params)
+
+
+def _photometric_from_uniform(u: Array, params: PhotometricParams) -> Array:
+    lo = jnp.asarray([-params.brightness, params.contrast[0], params.saturation[0], -params.hue_degrees / 360.0], jnp.float32)
+    hi = jnp.asarray([params.brightness, params.contrast[1], params.saturation[1], params.hue_degrees / 360.0], jnp.float32)
+    return lo + (hi - lo) * u
+
+
+def apply_photometric(image: Array, factors: Array) -> Array:
+    """Applies P (App. B.2) in the paper's order, clipping to [0, 1] after each step.
+
+    x ← clip(x + brightness); x ← clip(x · contrast) (R, G, B multiplied, not scaled about
+    the mean: "multiplying RGB values by a random number"); in HSV: S ← clip(S · saturation),
+    H ← H + hue (mod 1); back to RGB.
+
+    Args:
+      image: float32 (..., H, W, 3) RGB in [0, 1].
+      factors: float32 (..., 4) from :func:`sample_photometric`, leading shape = image's.
+
+    Returns:
+      float32 (..., H, W, 3) in [0, 1].
+    """
+    f = jnp.asarray(factors, jnp.float32)[..., None, None, :]
+    x = jnp.clip(image + f[..., 0:1], 0.0, 1.0)
+    x = jnp.clip(x * f[..., 1:2], 0.0, 1.0)
+    hsv = color.rgb_to_hsv(x)
+    hsv = jnp.stack(
+        [hsv[..., 0] + f[..., 3], jnp.clip(hsv[..., 1] * f[..., 2], 0.0, 1.0), hsv[..., 2]], axis=-1
+    )
+    return jnp.clip(color.hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------ affine algebra
+def view_affine(angle_degrees, scale, flip, centre, out_size: tuple[int, int]) -> Array:
+    """The 2×3 output→input affine of a flipped, rotated, scaled view centred at ``centre``.
+
+    (x_in, y_in) = centre + scale · R(θ) · F · ((x_out, y_out) − c_out), where c_out =
+    ((w − 1)/2, (h − 1)/2) is the view's centre, F = diag(−1, 1) if ``flip`` else I and
+    R(θ) = [[cos θ, −sin θ], [sin θ, cos θ]] (content turns θ counter-clockwise on screen).
+
+    Args:
+      angle_degrees: scalar rotation θ in degrees.
+      scale: scalar, input pixels per output pixel (= base scale / zoom).
+      flip: scalar bool, horizontal flip of the view.
+      centre: (2,) (x, y) input-pixel coordinates the view's centre maps to.
+      out_size: (h, w) of the view, pixels.
+
+    Returns:
+      float32 (2, 3).
+    """
+    h, w = out_size
+    theta = jnp.deg2rad(jnp.asarray(angle_degrees, jnp.float32))
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    fx = jnp.where(jnp.asarray(flip), -1.0, 1.0)
+    lin = jnp.asarray(scale, jnp.float32) * jnp.stack([jnp.stack([c * fx, -s]), jnp.stack([s * fx, c])])
+    c_out = jnp.asarray([(w - 1) / 2.0, (h - 1) / 2.0], jnp.float32)
+    t = jnp.asarray(centre, jnp.float32) - lin @ c_out
+    return jnp.concatenate([lin, t[:, None]], axis=1)
+
+
+def compose_affine(outer: Array, inner: Array) -> Array:
+    """Affine of p ↦ outer(inner(p)). Shapes (..., 2, 3) broadcast; returns (..., 2, 3).
+
+    With ``affine1`` (view 1 → input) and ``affine2`` (view 2 → view 1),
+    ``compose_affine(affine1, affine2)`` maps view 2 → input.
+    """
+    lin = outer[..., :2] @ inner[..., :2]
+    t = (outer[..., :2] @ inner[..., 2:])[..., 0] + outer[..., 2]
+    return jnp.concatenate([lin, t[..., None]], axis=-1)
+
+
+def invert_affine(affine: Array) -> Array:
+    """Inverse map of an invertible affine, (..., 2, 3) → (..., 2, 3)."""
+    inv = jnp.linalg.inv(affine[..., :2])
+    t = -(inv @ affine[..., 2:])[..., 0]
+    return jnp.concatenate([inv, t[..., None]], axis=-1)
+
+
+def apply_affine(affine: Array, points: Array) -> Array:
+    """Maps points shared by the batch through each example's affine.
+
+    Args:
+      affine: float (B, 2, 3).
+      points: float (..., 2), (x, y).
+
+    Returns:
+      float32 (B, ..., 2). (For per-example points, ``jax.vmap`` over a (1, 2, 3) affine.)
+    """
+    affine = jnp.asarray(affine, jnp.float32)
+    points = jnp.asarray(points, jnp.float32)
+    out = jnp.einsum("bij,nj->bni", affine[:, :, :2], points.reshape(-1, 2)) + affine[:, None, :, 2]
+    return out.reshape(affine.shape[0], *points.shape)
+
+
+def pixel_grid(size: tuple[int, int]) -> Array:
+    """Pixel-centre coordinates of an (h, w) image: float32 (h, w, 2), [i, j] = (j, i)."""
+    h, w = size
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    return jnp.stack([xx, yy], axis=-1)
+
+
+def representation_grid(size: tuple[int, int], stride: int, grid_offset: float | None = None) -> Array:
+    """Image-pixel coordinates of the centres of the representation grid of an (h, w) image.
+
+    Returns float32 (ceil(h/stride), ceil(w/stride), 2): [i, j] = (stride·j + o, stride·i + o),
+    o = ``grid_offset`` (default (stride − 1)/2; see the module docstring).
+    """
+    h, w = size
+    o = (stride - 1) / 2.0 if grid_offset is None else float(grid_offset)
+    return pixel_grid((math.ceil(h / stride), math.ceil(w / stride))) * stride + o
+
+
+def representation_map(
+    affine2: Array, out_size: tuple[int, int], stride: int, grid_offset: float | None = None
+) -> tuple[Array, Array]:
+    """Where view 2's representation pixels lie in view 1 (Eq. 4's G2 on the feature grid).
+
+    Args:
+      affine2: float32 (B, 2, 3), view-2 pixels → view-1 pixels (both (h, w) = out_size).
+      out_size: (h, w).
+      stride: representation stride.
+      grid_offset: see :func:`representation_grid`.
+
+    Returns:
+      (grid2to1, points1): float32 (B, hr, wr, 2) each — the (x, y) coordinates of each
+      view-2 representation-pixel centre in view-1 REPRESENTATION pixels, and in view-1
+      IMAGE pixels.
+    """
+    o = (stride - 1) / 2.0 if grid_offset is None else float(grid_offset)
+    rep = representation_grid(out_size, stride, o)
+    points1 = apply_affine(affine2, rep)
+    return (points1 - o) / stride, points1
+
+
+# ------------------------------------------------------------------------------ sampling
+def _check_sampling_args(src: Array, coords: Array) -> None:
+    if src.ndim != 4:
+        raise ValueError(f"src must be (B, H, W, C), got shape {src.shape}")
+    if coords.ndim != 4 or coords.shape[-1] != 2 or coords.shape[0] != src.shape[0]:
+        raise ValueError(f"coords must be (B, h, w, 2) (x, y) pixels with B = {src.shape[0]}, got shape {coords.shape}")
+
+
+def _inside(coords: Array, height: int, width: int) -> Array:
+    x, y = coords[..., 0], coords[..., 1]
+    lo = -0.5 - _INSIDE_TOL
+    return (x >= lo) & (x <= width - 0.5 + _INSIDE_TOL) & (y >= lo) & (y <= height - 0.5 + _INSIDE_TOL)
+
+
+def _gather(src: Array, yi: Array, xi: Array) -> Array:
+    return jax.vmap(lambda s, y, x: s[y, x])(src, yi, xi)
+
+
+def sample_bilinear(src: Array, coords: Array) -> tuple[Array, Array]:
+    """Bilinear sampling of ``src`` at float pixel coordinates (pixel centres at integers).
+
+    Args:
+      src: (B, H, W, C) float.
+      coords: (B, h, w, 2) float, (x, y) in src pixels.
+
+    Returns:
+      (out, inside): out (B, h, w, C) in src's dtype — edge pixels are replicated within
+      and beyond the border (values outside the image are the clamped edge; mask them with
+      ``inside``); inside bool (B, h, w), True where the point is in the image area
+      [−0.5, W − 0.5] × [−0.5, H − 0.5]. Differentiable in ``src`` and ``coords``.
+
+    Raises:
+      ValueError: on shapes other than the above.
+    """
+    src = jnp.asarray(src)
+    coords = jnp.asarray(coords, jnp.float32)
+    _check_sampling_args(src, coords)
+    _, hh, ww, _ = src.shape
+    x, y = coords[..., 0], coords[..., 1]
+    x0f, y0f = jnp.floor(x), jnp.floor(y)
+    fx, fy = (x - x0f)[..., None], (y - y0f)[..., None]
+    x0, y0 = x0f.astype(jnp.int32), y0f.astype(jnp.int32)
+    xa, xb = jnp.clip(x0, 0, ww - 1), jnp.clip(x0 + 1, 0, ww - 1)
+    ya, yb = jnp.clip(y0, 0, hh - 1), jnp.clip(y0 + 1, 0, hh - 1)
+    top = _gather(src, ya, xa) * (1 - fx) + _gather(src, ya, xb) * fx
+    bottom = _gather(src, yb, xa) * (1 - fx) + _gather(src, yb, xb) * fx
+    out = top * (1 - fy) + bottom * fy
+    return out.astype(src.dtype), _inside(coords, hh, ww)
+
+
+def sample_nearest(src: Array, coords: Array) -> tuple[Array, Array]:
+    """Nearest-neighbour sampling (for masks and label maps); same contract as
+    :func:`sample_bilinear`, any dtype. Ties (x.5) go to the right/lower pixel."""
+    src = jnp.asarray(src)
+    coords = jnp.asarray(coords, jnp.float32)
+    _check_sampling_args(src, coords)
+    _, hh, ww, _ = src.shape
+    xi = jnp.clip(jnp.floor(coords[..., 0] + 0.5).astype(jnp.int32), 0, ww - 1)
+    yi = jnp.clip(jnp.floor(coords[..., 1] + 0.5).astype(jnp.int32), 0, hh - 1)
+    return _gather(src, yi, xi), _inside(coords, hh, ww)
+
+
+# ------------------------------------------------------------------------------ random G
+# Every random geometric quantity is a function of 5 uniforms in [0, 1): (zoom, centre x,
+# centre y, angle, flip); make_views draws all of a batch's uniforms with one PRNG call.
+_G_UNIFORMS = 5
+
+
+def _angle_and_flip(u: Array, rotate: bool, flip: bool) -> tuple[Array, Array]:
+    # θ = 180 − 360·u, u ∈ [0, 1): θ ∈ (−180°, 180°].
+    angle = 180.0 - 360.0 * u[3] if rotate else jnp.float32(0.0)
+    flipped = u[4] < 0.5 if flip else jnp.bool_(False)
+    return angle, flipped
+
+
+def sample_g1(
+    key: Array, in_size: tuple[int, int], out_size: tuple[int, int], *, max_zoom: float = 1.5,
+    rotate: bool = True, flip: bool = True,
+) -> Array:
+    """Draws G1: a random flipped, rotated, zoomed crop of the (H, W) input (App. B.2).
+
+    Zoom z ~ U[1, max_zoom]; zoom 1 is the largest axis-aligned crop of the view's aspect
+    ratio inside the input (scale s0 = min(H/h, W/w) input px per view px), zoom z shows
+    1/z of it (scale s0/z). The crop centre is uniform over the positions where the
+    UNROTATED crop lies inside the input; the view is then rotated about that centre by
+    θ ~ U(−180°, 180°] (``rotate``) and mirrored with probability 1/2 (``flip``). Parts of
+    the rotated view may fall outside the input: these are the rotation holes that
+    ``make_views`` masks out.
+
+    Args:
+      key: PRNG key. in_size: (H, W) input. out_size: (h, w) view.
+      max_zoom, rotate, flip: the ranges.
+
+    Returns:
+      float32 (2, 3): view-1 pixels → input pixels.
+    """
+    u = jax.random.uniform(key, (_G_UNIFORMS,), jnp.float32)
+    return _g1_from_uniform(u, in_size, out_size, max_zoom, rotate, flip)
+
+
+def _g1_from_uniform(u, in_size, out_size, max_zoom, rotate, flip) -> Array:
+    hh, ww = in_size
+    h, w = out_size
+    base = min(hh / h, ww / w)
+    zoom = 1.0 + (max_zoom - 1.0) * u[0]
+    scale = base / zoom
+    slack_x = jnp.maximum(ww / 2.0 - w * scale / 2.0, 0.0)
+    slack_y = jnp.maximum(hh / 2.0 - h * scale / 2.0, 0.0)
+    centre = jnp.stack([(ww - 1) / 2.0 + slack_x * (2 * u[1] - 1), (hh - 1) / 2.0 + slack_y * (2 * u[2] - 1)])
+    angle, flipped = _angle_and_flip(u, rotate, flip)
+    return view_affine(angle, scale, flipped, centre, out_size)
+
+
+def g2_min_zoom(angle_degrees: Array, out_size: tuple[int, int]) -> Array:
+    """Smallest zoom at which an (h, w) view rotated by θ fits inside an (h, w) frame.
+
+    The rotated view of scale 1/z has the bounding box (w|cos θ| + h|sin θ|)/z ×
+    (w|sin θ| + h|cos θ|)/z, which must fit in w × h:
+    z_min(θ) = max((w|cos θ| + h|sin θ|)/w, (w|sin θ| + h|cos θ|)/h): for a square view
+    1 at multiples of 90° and √2 at 45°; for w > h, w/h at ±90°.
+
+    Args:
+      angle_degrees: float array of angles θ in degrees (any shape).
+      out_size: (h, w) of views 1 and 2.
+
+    Returns:
+      float32, the shape of ``angle_degrees``.
+    """
+    h, w = out_size
+    theta = jnp.deg2rad(angle_degrees)
+    c, s = jnp.abs(jnp.cos(theta)), jnp.abs(jnp.sin(theta))
+    return jnp.maximum((w * c + h * s) / w, (w * s + h * c) / h)
+
+
+def sample_g2(
+    key: Array, out_size: tuple[int, int], *, max_zoom: float = 1.5, rotate: bool = True, flip: bool = True
+) -> Array:
+    """Draws G2, acting on view 1, so that ALL of view 2 lies inside view 1 (App. B.2).
+
+    θ ~ U(−180°, 180°] and the flip as in :func:`sample_g1`. The zoom is then drawn
+    z ~ U[z_lo, z_hi] with z_lo = max(1, z_min(θ)) (:func:`g2_min_zoom`, the smallest zoom
+    at which the rotated view-2 rectangle fits in view 1's frame) and z_hi = max(max_zoom,
+    z_lo); for square views z_min ≤ √2, so with the paper's max_zoom = 1.5 the zoom never
+    exceeds 1.5, while for non-square views large rotations force z > max_zoom. Finally the
+    centre is uniform over the positions where the rotated rectangle's bounding box stays in
+    view 1's area: every view-2 pixel (its whole area, not only its centre) maps inside.
+
+    Args:
+      key: PRNG key. out_size: (h, w) of views 1 and 2.
+      max_zoom, rotate, flip: the ranges.
+
+    Returns:
+      float32 (2, 3): view-2 pixels → view-1 pixels.
+    """
+    u = jax.random.uniform(key, (_G_UNIFORMS,), jnp.float32)
+    return _g2_from_uniform(u, out_size, max_zoom, rotate, flip)
+
+
+def _g2_from_uniform(u, out_size, max_zoom, rotate, flip) -> Array:
+    h, w = out_size
+    angle, flipped = _angle_and_flip(u, rotate, flip)
+    z_lo = jnp.maximum(1.0, g2_min_zoom(angle, out_size))
+    z_hi = jnp.maximum(jnp.float32(max_zoom), z_lo)
+    zoom = z_lo + (z_hi - z_lo) * u[0]
+    scale = 1.0 / zoom
+    theta = jnp.deg2rad(angle)
+    c, s = jnp.abs(jnp.cos(theta)), jnp.abs(jnp.sin(theta))
+    slack_x = jnp.maximum(w / 2.0 - scale * (w * c + h * s) / 2.0, 0.0)
+    slack_y = jnp.maximum(h / 2.0 - scale * (w * s + h * c) / 2.0, 0.0)
+    centre = jnp.stack([(w - 1) / 2.0 + slack_x * (2 * u[1] - 1), (h - 1) / 2.0 + slack_y * (2 * u[2] - 1)])
+    return view_affine(angle, scale, flipped, centre, out_size)
+
+
+# ------------------------------------------------------------------------------ the views
+def _check_size(value, name: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value)
+        ok = h > 0 and w > 0 and (h, w) == tuple(value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a pair of positive ints (height, width) in pixels, got {value!r}")
+    return h, w
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("out_size", "stride", "photometric", "max_zoom", "rotate", "flip", "rotate_flow_vectors", "grid_offset"),
+)
+def make_views(
+    key: Array,
+    image: Array,
+    flow: Array,
+    valid: Array,
+    out_size: tuple[int, int],
+    *,
+    stride: int = 4,
+    photometric: PhotometricParams | None = PhotometricParams(),
+    max_zoom: float = 1.5,
+    rotate: bool = True,
+    flip: bool = True,
+    rotate_flow_vectors: bool = False,
+    grid_offset: float | None = None,
+) -> dict[str, Array]:
+    """The two Laparoflow-SSL views of a batch and their correspondences (Eqs. 2–4, App. B.2).
+
+    P is applied to the input frame before resampling (Eq. 2: G1(P1(x))), then view 1 and
+    view 2 are each sampled from it once. Per example (independent draws, batched with
+    ``vmap``): P1, P2 ~ ``photometric``;
+    G1 ~ :func:`sample_g1`; G2 ~ :func:`sample_g2`. The function is ``jax.jit``-compiled;
+    all arguments after ``valid`` are static (hashable Python values: ``out_size`` a tuple),
+    and it can be called inside other jitted/vmapped functions.
+
+    Args:
+      key: PRNG key.
+      image: float (B, H, W, 3) RGB in [0, 1].
+      flow: float (B, H, W, 2) optical flow (dx, dy) in pixels, frame t → t+1.
+      valid: (B, H, W) bool (or 0/1): pixels allowed in the loss (flow valid, inside the
+        endoscope's field of view).
+      out_size: (h, w) of both views in pixels (paper: 256 × 256).
+      stride: representation stride (SegFormer: 4); the grid is (ceil(h/s), ceil(w/s)).
+      photometric: the ranges of P, or None for no photometric change (P = identity).
+      max_zoom: largest zoom of a crop (paper: 1.5, "up to 150 % zoom").
+      rotate, flip: enable the random rotation and horizontal flip.
+      rotate_flow_vectors: map flow vectors into view-1 coordinates with G1's forward
+        linear part (rotation, flip and zoom: v_view = A1[:, :2]⁻¹ · v). Off by default: the
+        paper keeps the vectors (only their relative differences matter).
+      grid_offset: representation-pixel centre offset (default (stride − 1)/2; module doc).
+
+    Returns:
+      dict of
+      - ``view1`` float32 (B, h, w, 3) = G1(P1(x)), 0 in rotation holes;
+      - ``view2`` float32 (B, h, w, 3) = G2(G1(P2(x))), sampled once through affine12;
+      - ``valid1`` bool (B, h, w) = G1(valid) (nearest) ∧ inside the input;
+      - ``valid2`` bool (B, h, w) = (G1∘G2)(valid) ∧ inside, the same on view 2;
+      - ``flow1`` float32 (B, h, w, 2) = G1(flow) (bilinear), 0 outside the input;
+      - ``grid2to1`` float32 (B, hr, wr, 2): (x, y) of each view-2 representation pixel's
+        centre in view-1 REPRESENTATION pixels (z3 = sample_bilinear(z1, grid2to1)); all
+        lie in view 1 when ``stride`` divides h and w (otherwise the last row/column of
+        centres lies past view 2's edge and may map outside view 1: ``valid3`` is False there);
+      - ``flow3`` float32 (B, hr, wr, 2): flow1 bilinearly sampled at those centres (in view-1
+        image pixels), i.e. the flow of the physical points that z3 describes;
+      - ``valid3`` bool (B, hr, wr): every view-1 pixel contributing to that sample is in
+        valid1 (and the point is inside view 1, always true by construction of G2);
+      - ``coords3`` float32 (hr·wr, 2): the view-2 representation pixels' centres in view-2
+        IMAGE pixels, (x, y), row-major (for the radius of App. C.2);
+      - ``affine1`` (B, 2, 3) view 1 → input, ``affine2`` (B, 2, 3) view 2 → view 1,
+        ``affine12`` (B, 2, 3) view 2 → input (module docstring for the convention).
+
+    Raises:
+      ValueError: bad shapes/dtypes of image, flow or valid, bad out_size, stride < 1 or
+        max_zoom < 1.
+    """
+    image = jnp.asarray(image)
+    flow = jnp.asarray(flow)
+    valid = jnp.asarray(valid)
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (B, H, W, 3) RGB, got shape {image.shape}")
+    if not jnp.issubdtype(image.dtype, jnp.floating):
+        raise ValueError(f"image must be floating point in [0, 1], got dtype {image.dtype} (convert uint8 with /255)")
+    b, hh, ww, _ = image.shape
+    if flow.shape != (b, hh, ww, 2):
+        raise ValueError(f"flow must be (B, H, W, 2) = {(b, hh, ww, 2)} (dx, dy) pixels, got shape {flow.shape}")
+    if valid.shape != (b, hh, ww):
+        raise ValueError(f"valid must be (B, H, W) = {(b, hh, ww)}, got shape {valid.shape}")
+    h, w = _check_size(out_size, "out_size")
+    if not (isinstance(stride, (int, np.integer)) and stride >= 1):
+        raise ValueError(f"stride must be a positive int (representation grid stride in pixels), got {stride!r}")
+    if not max_zoom >= 1.0:
+        raise ValueError(f"max_zoom must be >= 1 (1.5 = crops up to 150 % zoom), got {max_zoom}")
+    if photometric is not None and not isinstance(photometric, PhotometricParams):
+        raise ValueError(f"photometric must be a PhotometricParams or None, got {type(photometric).__name__}")
+
+    image = image.astype(jnp.float32)
+    flow = flow.astype(jnp.float32)
+    valid = valid.astype(bool)
+    # One PRNG call for the whole batch: per example 2 × 4 photometric + 2 × 5 geometric uniforms.
+    u = jax.random.uniform(key, (b, 8 + 2 * _G_UNIFORMS), jnp.float32)
+    affine1 = jax.vmap(lambda v: _g1_from_uniform(v, (hh, ww), (h, w), max_zoom, rotate, flip))(u[:, 8:13])
+    affine2 = jax.vmap(lambda v: _g2_from_uniform(v, (h, w), max_zoom, rotate, flip))(u[:, 13:18])
+    affine12 = compose_affine(affine1, affine2)
+
+    if photometric is None:
+        x1 = x2 = image
+    else:
+        x1 = apply_photometric(image, _photometric_from_uniform(u[:, 0:4], photometric))
+        x2 = apply_photometric(image, _photometric_from_uniform(u[:, 4:8], photometric))
+
+    grid = pixel_grid((h, w))
+    coords1 = apply_affine(affine1, grid)
+    coords12 = apply_affine(affine12, grid)
+    view1, inside1 = sample_bilinear(x1, coords1)
+    view2, inside12 = sample_bilinear(x2, coords12)
+    flow1, _ = sample_bilinear(flow, coords1)
+    if rotate_flow_vectors:
+        flow1 = jnp.einsum("bij,bhwj->bhwi", jnp.linalg.inv(affine1[:, :, :2]), flow1)
+    valid1, _ = sample_nearest(valid[..., None], coords1)
+    valid2, _ = sample_nearest(valid[..., None], coords12)
+    valid1 = valid1[..., 0] & inside1
+    valid2 = valid2[..., 0] & inside12
+    view1 = jnp.where(inside1[..., None], view1, 0.0)
+    view2 = jnp.where(inside12[..., None], view2, 0.0)
+    flow1 = jnp.where(inside1[..., None], flow1, 0.0)
+
+    grid2to1, points1 = representation_map(affine2, (h, w), stride, grid_offset)
+    flow3, inside3 = sample_bilinear(flow1, points1)
+    valid_frac, _ = sample_bilinear(valid1.astype(jnp.float32)[..., None], points1)
+    valid3 = (valid_frac[..., 0] > 1.0 - 1e-4) & inside3
+    coords3 = representation_grid((h, w), stride, grid_offset).reshape(-1, 2)
+    return dict(
+        view1=view1, view2=view2, valid1=valid1, valid2=valid2, flow1=flow1, grid2to1=grid2to1,
+        flow3=flow3, valid3=valid3, coords3=coords3, affine1=affine1, affine2=affine2, affine12=affine12,
+    )
