@@ -1,0 +1,149 @@
+"""Laparoflow-SSL end to end at variant=tiny (the main job), and its stage wiring."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIP = os.path.join(ROOT, "..", "shared", "data", "cholecseg8k_clip")
+VIDEO = os.path.join(ROOT, "..", "shared", "data", "cholec_video")
+
+
+def _run(workdir, tfds_dir, *extra, arg="variant=tiny"):
+    cmd = [sys.executable, "-m", "jaxsurg.main", f"--config=configs/laparoflow.py:{arg}", f"--workdir={workdir}", *extra]
+    env = dict(os.environ, JAXSURG_TFDS_DIR=str(tfds_dir))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out
+
+
+def _records(workdir):
+    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+@pytest.mark.slow
+def test_laparoflow_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
+    w = tmp_path / "w"
+    _run(w, tmp_path / "tfds")
+    config = json.load(open(w / "config.json"))
+    assert config["method"] == "laparoflow" and config["task"] == "binary"
+    records = _records(w)
+    stages = {r["stage"] for r in records}
+    assert stages == {"pretrain", "finetune", "keypoints"}
+    assert max(r["step"] for r in records if r["stage"] == "pretrain") == config["pretrain"]["total_steps"]
+    for stage in stages:
+        assert os.listdir(w / stage / "checkpoints"), stage
+    tau = json.load(open(w / "pretrain" / "tau.json"))
+    assert 0 < tau["tau_p"] < tau["tau_n"]
+    assert (w / "pretrain" / "pca.png").stat().st_size > 0
+    summary = json.load(open(w / "eval" / "summary.json"))
+    assert summary["method"] == "laparoflow" and summary["num_labelled"] == config["num_labelled"]
+    assert set(summary["per_class"]) == {"background", "instrument"}
+    assert 0.0 <= summary["iou_mean"] <= summary["dice_mean"] <= 1.0
+    for key in ("recall", "precision", "f1"):
+        assert 0.0 <= summary["keypoints"]["overall"][key] <= 1.0
+    assert os.listdir(w / "eval" / "overlays") and os.listdir(w / "eval" / "keypoint_overlays")
+    # The same command again finds every stage finished and reproduces the evaluation.
+    _run(w, tmp_path / "tfds")
+    assert len(_records(w)) == len(records)
+    again = json.load(open(w / "eval" / "summary.json"))
+    assert again["dice_mean"] == summary["dice_mean"] and again["keypoints"] == summary["keypoints"]
+
+
+@pytest.mark.slow
+def test_nossl_baseline_skips_pretraining_and_trains_everything(tmp_path):
+    w = tmp_path / "w"
+    _run(w, tmp_path / "tfds", "--config.keypoints.enabled=False", arg="variant=tiny,baseline=nossl")
+    assert {r["stage"] for r in _records(w)} == {"finetune"}
+    assert not (w / "pretrain").exists()
+    summary = json.load(open(w / "eval" / "summary.json"))
+    assert summary["method"] == "laparoflow_nossl" and "keypoints" not in summary
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (os.path.isdir(CLIP) and os.path.isdir(VIDEO)), reason="../shared/data clip or video is absent")
+def test_laparoflow_tiny_on_the_real_clip_and_video(tmp_path):
+    w = tmp_path / "w"
+    _run(
+        w, tmp_path / "tfds", "--config.dataset=cholecseg8k", f"--config.data_dir={CLIP}",
+        "--config.pretrain.sources=('train','video')", f"--config.pretrain.video_dir={VIDEO}",
+    )
+    summary = json.load(open(w / "eval" / "summary.json"))
+    assert summary["task"] == "laparoflow4"
+    assert set(summary["per_class"]) == {"background", "fat", "instrument", "gallbladder"}
+    assert "keypoints" not in summary  # CholecSeg8k has no key points
+    (video,) = summary["split"]["videos"].values()
+    assert video["test_frames"] == [610, 633]
+    # Labelled frames come from the first two thirds only.
+    assert all(r < 49 for r in summary["labelled_records"])
+
+
+def test_choose_labelled_is_seeded_and_checks_the_count():
+    from jaxsurg.methods import laparoflow
+
+    rows = np.arange(100, 140)
+    a = laparoflow.choose_labelled(rows, 16, seed=3)
+    assert len(set(a.tolist())) == 16 and set(a.tolist()) <= set(rows.tolist())
+    np.testing.assert_array_equal(a, laparoflow.choose_labelled(rows, 16, seed=3))
+    assert not np.array_equal(a, laparoflow.choose_labelled(rows, 16, seed=4))
+    with pytest.raises(ValueError, match="num_labelled=50"):
+        laparoflow.choose_labelled(rows, 50, seed=0)
+
+
+def test_resolve_task_and_bad_options():
+    import ml_collections
+
+    from jaxsurg.methods import laparoflow
+
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    try:
+        import laparoflow as config_module  # configs/laparoflow.py
+    finally:
+        sys.path.pop(0)
+    c = config_module.get_config("variant=tiny")
+    assert laparoflow.resolve_task(c).task == "binary"
+    c2 = ml_collections.ConfigDict(c.to_dict())
+    c2.dataset = "cholecseg8k"
+    assert laparoflow.resolve_task(c2).task == "laparoflow4"
+    c3 = ml_collections.ConfigDict(c.to_dict())
+    c3.pretrain.loss = "simclr"
+    with pytest.raises(ValueError, match="pretrain.loss"):
+        laparoflow.resolve_task(c3)
+    c4 = ml_collections.ConfigDict(c.to_dict())
+    c4.pretrain.view_size = (30, 32)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        laparoflow.resolve_task(c4)
+
+
+@pytest.mark.parametrize("loss", ["flow", "flow_only", "view", "flow+view"])
+def test_every_pretraining_loss_variant_gives_a_finite_loss_and_gradient(loss):
+    import ml_collections
+
+    from jaxsurg.methods import laparoflow
+    from jaxsurg.ops import views
+
+    p = ml_collections.ConfigDict(dict(
+        loss=loss, num_anchors=4, min_flow=1 / 3, tau0=0.07, negative_weight=10.0, counterpart_weight=4.0,
+        radius_fraction=1 / 3, view_size=(32, 32),
+    ))
+    key = jax.random.PRNGKey(0)
+    image = jax.random.uniform(key, (2, 40, 48, 3))
+    yy, xx = jnp.mgrid[:40, :48]
+    flow = jnp.stack([jnp.where(xx > 24, 3.0, 0.5), jnp.where(yy > 20, -2.0, 0.5)], -1)[None].repeat(2, 0).astype(jnp.float32)
+    valid = jnp.ones((2, 40, 48), bool)
+    v = views.make_views(key, image, flow, valid, (32, 32), stride=4)
+    z = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 16))
+
+    def f(z):
+        z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        return laparoflow.pretrain_loss(z[:2], z[2:], v, jax.random.PRNGKey(2), p, 0.5, 2.0)[0]
+
+    value, grad = jax.jit(jax.value_and_grad(f))(z)
+    assert np.isfinite(value) and value > 0
+    assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).sum()) > 0
