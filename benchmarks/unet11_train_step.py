@@ -14,6 +14,8 @@ must agree (printed as first/last loss).
     python benchmarks/unet11_train_step.py                            # 128×160, batch 4
     python benchmarks/unet11_train_step.py --upsample=convtranspose   # flax-style deconv
     python benchmarks/unet11_train_step.py --mode=deconv --height 112 --width 112 --batch 2
+    python benchmarks/unet11_train_step.py --conv3x3=winograd         # Winograd 3×3 convs
+    python benchmarks/unet11_train_step.py --sizes 4x128x160,2x256x320,1x512x640
 
 ``--mode=deconv`` instead times one transposed-conv layer, ConvTranspose2d(128, 64, 4, 2,
 1), forward + backward w.r.t. input and kernel: the phase formulation (custom VJP), the
@@ -30,6 +32,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue as queue_lib
 import resource
 import sys
 import threading
@@ -37,9 +40,12 @@ import time
 
 import numpy as np
 
-# The PyTorch U-Net11 is the tests' reference model (tests/torch_reference.py).
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
-import torch_reference  # noqa: E402
+# The PyTorch U-Net11 is the tests' reference model (tests/torch_reference.py); the repository
+# root goes on the path too, so a checkout runs this without installing jaxsurg.
+_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+sys.path.insert(0, os.path.join(_ROOT, "tests"))
+sys.path.insert(1, _ROOT)
+import torch_reference
 
 # --upsample value → jaxsurg.models.layers.conv_transpose_4x4_s2 impl.
 UPSAMPLE_IMPLS = {"phase": "phase", "phase-autodiff": "phase_autodiff", "convtranspose": "conv_transpose"}
@@ -221,6 +227,7 @@ def run_jax(args, state_dict, turn, queue) -> None:
 
     from jaxsurg.losses import ternaus_loss
     from jaxsurg.models import UNet11
+    from jaxsurg.models.layers import conv3x3_impl
     from jaxsurg.weights import torch_convert
 
     model = UNet11(num_classes=args.num_classes, num_filters=args.num_filters, upsample=UPSAMPLE_IMPLS[args.upsample])
@@ -244,7 +251,8 @@ def run_jax(args, state_dict, turn, queue) -> None:
         return optax.apply_updates(params, updates), opt_state, loss
 
     t = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()
+    with conv3x3_impl(args.conv3x3):  # the formulation of the 3×3 convolutions, at trace time
+        compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()
     compile_s = time.perf_counter() - t
     state = {"params": params, "opt_state": opt_state}
 
@@ -261,6 +269,7 @@ def run_jax(args, state_dict, turn, queue) -> None:
         peak, kind = stats["peak_bytes_in_use"], "device peak_bytes_in_use"
     queue.put({
         "framework": "jax", "version": jax.__version__, "device": str(device), "upsample": args.upsample,
+        "conv3x3": args.conv3x3,
         "params": sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state["params"])),
         "losses": losses, "times": times, "compile_s": compile_s,
         "peak_bytes": peak, "peak_kind": kind, "peak_rss_bytes": mem.peak,
@@ -341,9 +350,18 @@ def run_train_step(args) -> dict:
     for p in procs:
         p.start()
     results = {}
-    for _ in procs:
-        r = queue.get()
-        results[r["framework"]] = r
+    while len(results) < len(procs):
+        try:
+            r = queue.get(timeout=5)
+            results[r["framework"]] = r
+        except queue_lib.Empty:  # a child that died without a result would hang us
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                raise RuntimeError(f"benchmark child process failed (exit codes {[p.exitcode for p in procs]}); "
+                                   "see its traceback above") from None
     for p in procs:
         p.join()
 
@@ -351,7 +369,7 @@ def run_train_step(args) -> dict:
     ex = {r["framework"]: args.batch / float(np.median(r["times"])) for r in rows}
     print(f"\nU-Net11 train step (forward, TernausNet loss, backward, Adam): batch {args.batch}×"
           f"{args.height}×{args.width}, nf={args.num_filters}, classes={args.num_classes}, "
-          f"{os.cpu_count()} CPU cores, JAX upsample={args.upsample}"
+          f"{os.cpu_count()} CPU cores, JAX upsample={args.upsample}, conv3x3={args.conv3x3}"
           f"{', malloc tuning' if args.malloc_tuning else ''}")
     print(f"{'framework':<10}{'examples/s':>11}{'median ms':>11}{'min ms':>9}{'peak MiB':>10}"
           f"{'RSS MiB':>9}  first → last loss")
@@ -371,6 +389,34 @@ def run_train_step(args) -> dict:
     return summary
 
 
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    """'4x128x160,2x256x320' → [(4, 128, 160), (2, 256, 320)]; ValueError naming a bad entry."""
+    sizes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--sizes entries must be BATCHxHEIGHTxWIDTH (positive integers), got {item!r}")
+        sizes.append(tuple(int(p) for p in parts))
+    return sizes
+
+
+def run_sizes(args) -> dict:
+    """One ``run_train_step`` (or ``run_deconv``) per --sizes entry, then a table of the ratios."""
+    runs = []
+    for batch, height, width in parse_sizes(args.sizes):
+        sub = argparse.Namespace(**{**vars(args), "batch": batch, "height": height, "width": width, "sizes": None})
+        runs.append(run_deconv(sub) if args.mode == "deconv" else run_train_step(sub))
+    if args.mode == "train_step":
+        print(f"\nsummary ({os.cpu_count()} CPU cores, conv3x3={args.conv3x3}, upsample={args.upsample})")
+        print(f"{'batch×H×W':<14}{'JAX ex/s':>10}{'torch ex/s':>12}{'JAX/torch':>11}")
+        for r in runs:
+            a, ex = r["args"], r["examples_per_sec"]
+            ratio = r.get("ratio_jax_over_torch", float("nan"))
+            print(f"{a['batch']}×{a['height']}×{a['width']:<8}{ex['jax']:>10.2f}{ex.get('torch', float('nan')):>12.2f}"
+                  f"{ratio:>11.2f}")
+    return {"mode": "sizes", "runs": runs}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["train_step", "deconv"], default="train_step")
@@ -386,12 +432,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--upsample", choices=sorted(UPSAMPLE_IMPLS), default="phase",
                         help="JAX transposed conv: phase formulation with its custom VJP (default), the same "
                              "forward differentiated by XLA, or lax.conv_transpose as in flax.linen.ConvTranspose")
+    parser.add_argument("--conv3x3", choices=["direct", "winograd"], default="direct",
+                        help="JAX 3×3 convolutions: lax.conv_general_dilated (default) or Winograd F(2×2, 3×3) "
+                             "(jaxsurg.models.layers.winograd_conv3x3), switched at trace time")
+    parser.add_argument("--sizes",
+                        help="comma-separated BATCHxHEIGHTxWIDTH list (e.g. 4x128x160,2x256x320,1x512x640): "
+                             "one side-by-side run per size and a summary of the ratios; overrides --batch/--height/--width")
     parser.add_argument("--no-torch", action="store_true", help="JAX only; torch is not imported")
     parser.add_argument("--malloc-tuning", action="store_true",
                         help="glibc mallopt in both processes so large freed buffers stay mapped (see tune_malloc)")
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
-    result = run_deconv(args) if args.mode == "deconv" else run_train_step(args)
+    if args.sizes:
+        result = run_sizes(args)
+    else:
+        result = run_deconv(args) if args.mode == "deconv" else run_train_step(args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -10,12 +10,17 @@ stride-2 convolution and one GEMM). The textbook formulation (a convolution of t
 2×-dilated input, what ``jax.lax.conv_transpose`` and ``flax.linen.ConvTranspose`` do) has a
 backward pass that XLA:CPU runs 15–30× slower than PyTorch; nothing here dilates its input.
 See ``conv_transpose_4x4_s2`` for the derivation.
+
+``winograd_conv3x3`` is the 3×3 'same' convolution as Winograd F(2×2, 3×3) (2.25× fewer
+multiplications), selectable per layer (``Conv2d(impl="winograd")``) or while tracing
+(``conv3x3_impl``); the default stays ``lax.conv_general_dilated``, faster on XLA:CPU.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import einops
 import flax.linen as nn
@@ -44,19 +49,144 @@ def torch_uniform_init(fan_in: int) -> Initializer:
     return init
 
 
-def conv2d(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+# ----------------------------------------------------------------------------- 3×3 convs
+
+# A trace-time override of every ``impl="default"`` 3×3 convolution; see ``conv3x3_impl``.
+_IMPL_OVERRIDE: list[str] = []
+_CONV_IMPLS = ("default", "direct", "winograd")
+
+
+class conv3x3_impl:  # lower case: a context manager used like a function
+    """Context manager: 3×3 convolutions traced inside with ``impl="default"`` use ``impl``.
+
+    ``with conv3x3_impl("winograd"): compiled = jax.jit(f).lower(...).compile()`` traces
+    every ``Conv2d`` / ``ConvReLU`` / ``conv2d`` with a 3×3 kernel and the default ``impl``
+    inside with ``winograd_conv3x3`` instead of ``lax.conv_general_dilated``; e.g. to A/B
+    the formulations in one model without changing it (``benchmarks/unet11_train_step.py
+    --conv3x3``). Only tracing consults it: an already compiled function keeps its
+    formulation. Both compute the same function up to float32 rounding.
+
+    Raises:
+      ValueError: ``impl`` not "direct" or "winograd".
+    """
+
+    def __init__(self, impl: str):
+        if impl not in ("direct", "winograd"):
+            raise ValueError(f"impl must be 'direct' or 'winograd', got {impl!r}")
+        self.impl = impl
+
+    def __enter__(self):
+        _IMPL_OVERRIDE.append(self.impl)
+        return self
+
+    def __exit__(self, *exc):
+        _IMPL_OVERRIDE.pop()
+
+
+def _winograd_bt(d0: Array, d1: Array, d2: Array, d3: Array) -> tuple[Array, Array, Array, Array]:
+    """Bᵀ·d along one axis for F(2, 3): Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def _winograd_g(g0: Array, g1: Array, g2: Array) -> tuple[Array, Array, Array, Array]:
+    """G·g along one axis for F(2, 3): G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]."""
+    return g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2
+
+
+def _winograd_at(m0: Array, m1: Array, m2: Array, m3: Array) -> tuple[Array, Array]:
+    """Aᵀ·m along one axis for F(2, 3): Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+def winograd_conv3x3(x: Array, kernel: Array) -> Array:
+    """3×3 stride-1 'same' (zero padding 1) cross-correlation by Winograd F(2×2, 3×3).
+
+    Source: Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016),
+    eq. (8): each 2×2 output tile is Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, d the 4×4 input tile
+    (tiles overlap by 2), summed over input channels — which makes the channel sum 16
+    independent GEMMs (one per element ξ of the 4×4 transformed tile):
+
+        M[ξ] = V[ξ] @ U[ξ],   V[ξ] = (Bᵀ d B)[ξ] over tiles: (T, Cin),
+                              U[ξ] = (G g Gᵀ)[ξ]: (Cin, Cout),   T = N·⌈H/2⌉·⌈W/2⌉,
+
+    i.e. 16·Cin·Cout multiply-adds per 2×2 tile instead of 36·Cin·Cout (2.25× fewer), the
+    transforms costing O(16·(Cin + Cout)) adds per tile. The function is linear in x and in
+    kernel, so its reverse-mode derivative (left to XLA) is Winograd too: the input
+    gradient is 16 GEMMs (T, Cout) @ (Cout, Cin) between the same transforms' adjoints, the
+    kernel gradient 16 GEMMs (Cin, T) @ (T, Cout) followed by Gᵀ(·)G — no im2col, no
+    transposed-activation convolution. Exact in real arithmetic; in float32 it differs from
+    the direct convolution by rounding (relative ~1e-6 for O(1) data; the ½ in G is exact).
+
+    On XLA:CPU (2-core AVX-512 VM, jaxlib 0.10.2) it is NOT faster overall for U-Net11: the
+    forward wins on some mid-size layers (e.g. 4×16×20, 256 → 512: 18 vs 34 ms) but the
+    transforms are memory-bound elementwise fusions over 4× the activation size, and the
+    derivatives lose 1.5–4× on most layers (``benchmarks/README.md``). Hence ``conv2d``
+    defaults to the direct convolution; this is kept for A/B measurements and other
+    backends.
+    Odd H or W: the padded input gets one more zero row/column and the extra output is
+    cropped.
+
+    Args:
+      x: (N, H, W, Cin) float.
+      kernel: (3, 3, Cin, Cout), ``kernel[ky, kx, ci, co]`` (HWIO, PyTorch weight
+        transposed by (2, 3, 1, 0)), same dtype as x.
+
+    Returns:
+      (N, H, W, Cout) in x's dtype: y[n, i, j, co] = Σ x_pad[n, i + ky, j + kx, ci]·kernel[ky, kx, ci, co].
+
+    Raises:
+      ValueError: x not rank 4, or kernel not (3, 3, Cin, Cout) for x's Cin.
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[:3] != (3, 3, x.shape[-1]):
+        raise ValueError(f"need x (N, H, W, Cin) and kernel (3, 3, Cin, Cout), got {x.shape} and {kernel.shape}")
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    th, tw = (h + 1) // 2, (w + 1) // 2  # 2×2 output tiles
+    # Padded input (N, 2·th + 2, 2·tw + 2, Cin); tile (a, b) reads rows 2a … 2a + 3.
+    xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
+    rows = _winograd_bt(*(xp[:, r : r + 2 * th : 2] for r in range(4)))  # each (N, th, 2tw + 2, Cin)
+    v = [c for r in rows for c in _winograd_bt(*(r[:, :, s : s + 2 * tw : 2] for s in range(4)))]
+    v = jnp.stack(v).reshape(16, n * th * tw, cin)  # V[ξ = 4·α + β, tile, ci]
+    grows = _winograd_g(kernel[0], kernel[1], kernel[2])  # each (3, Cin, Cout) over kx
+    u = jnp.stack([c for r in grows for c in _winograd_g(r[0], r[1], r[2])])  # (16, Cin, Cout)
+    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,)))).reshape(4, 4, n, th, tw, cout)
+    orow = _winograd_at(m[0], m[1], m[2], m[3])  # each (4, N, th, tw, Cout) over β
+    out = jnp.stack([jnp.stack(_winograd_at(r[0], r[1], r[2], r[3])) for r in orow])  # (ry, rx, N, th, tw, Cout)
+    y = jnp.transpose(out, (2, 3, 0, 4, 1, 5)).reshape(n, 2 * th, 2 * tw, cout)
+    return y[:, :h, :w]
+
+
+def conv2d(x: Array, kernel: Array, bias: Array | None = None, *, impl: str = "default") -> Array:
     """Stride-1 'same' convolution (cross-correlation, as PyTorch), odd square kernel.
 
     Args:
       x: (N, H, W, Cin).
       kernel: (k, k, Cin, Cout), k odd; zero padding (k − 1)/2 on every side.
       bias: optional (Cout,).
+      impl: "direct" (``lax.conv_general_dilated``), "winograd" (``winograd_conv3x3``; 3×3
+        kernels only) or "default": direct, unless traced inside ``conv3x3_impl(...)`` and
+        the kernel is 3×3. Direct is the default because it is the faster of the two on
+        XLA:CPU for U-Net11's layers once the backward pass is counted
+        (``benchmarks/README.md``). Both compute the same function up to float32 rounding.
 
     Returns:
       (N, H, W, Cout) in ``x.dtype``.
+
+    Raises:
+      ValueError: kernel not (k, k, Cin, Cout) with k odd; unknown ``impl``; "winograd" with
+        a kernel that is not 3×3.
     """
-    pad = (kernel.shape[0] - 1) // 2
-    y = lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSION_NUMBERS)
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 != 1:
+        raise ValueError(f"kernel must be (k, k, Cin, Cout) with k odd, got shape {kernel.shape}")
+    if impl not in _CONV_IMPLS:
+        raise ValueError(f"impl must be one of {_CONV_IMPLS}, got {impl!r}")
+    if impl == "default":
+        impl = _IMPL_OVERRIDE[-1] if _IMPL_OVERRIDE and kernel.shape[0] == 3 else "direct"
+    if impl == "winograd":
+        y = winograd_conv3x3(x, kernel)
+    else:
+        pad = (kernel.shape[0] - 1) // 2
+        y = lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSION_NUMBERS)
     return y if bias is None else y + bias
 
 
@@ -73,6 +203,8 @@ class Conv2d(nn.Module):
       dtype: computation dtype; input and params are cast to it.
       param_dtype: parameter dtype (float32).
       kernel_init, bias_init: optional initialisers; None = PyTorch's default.
+      impl: "default", "direct" or "winograd": the formulation of the convolution, see
+        ``conv2d``; all compute the same function up to float32 rounding.
     """
 
     features: int
@@ -81,6 +213,7 @@ class Conv2d(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer | None = None
     bias_init: Initializer | None = None
+    impl: str = "default"
 
     def _conv(self, x: Array) -> Array:
         k = self.kernel_size
@@ -90,7 +223,7 @@ class Conv2d(nn.Module):
         default = torch_uniform_init(cin * k * k)
         kernel = self.param("kernel", self.kernel_init or default, (k, k, cin, self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init or default, (self.features,), self.param_dtype)
-        return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+        return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype), impl=self.impl)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -144,7 +277,7 @@ def _phase_fwd(x: Array, kernel: Array):
 
 def _phase_bwd(res, g: Array):
     x, kernel = res
-    n, h, w, cin = x.shape
+    _, h, w, cin = x.shape
     cout = kernel.shape[-1]
     # Kernel gradient: the phase kernel's gradient is Σ_p patches(x̃)[p] ⊗ z̄[p] over the
     # (H+1)·(W+1) positions p, where z̄ (the adjoint of the phase interleave) is g padded by

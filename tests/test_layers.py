@@ -1,0 +1,111 @@
+"""3×3 convolution formulations of ``jaxsurg.models.layers``: Winograd F(2×2, 3×3) vs PyTorch.
+
+Values and both gradients of ``winograd_conv3x3`` / ``Conv2d(impl="winograd")`` are
+compared with ``torch.nn.functional.conv2d`` (padding 1) and its autograd; a NumPy
+direct-sum reference checks the Winograd transform matrices independently of torch.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsurg.models.layers import (
+    Conv2d,
+    ConvReLU,
+    conv2d,
+    conv3x3_impl,
+    winograd_conv3x3,
+)
+
+
+def _numpy_conv3x3(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Direct 'same' cross-correlation in float64: y[n,i,j,o] = Σ xp[n,i+a,j+b,c]·k[a,b,c,o]."""
+    n, h, w, _ = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = np.zeros((n, h, w, k.shape[-1]))
+    for a in range(3):
+        for b in range(3):
+            y += np.einsum("nhwc,co->nhwo", xp[:, a : a + h, b : b + w], k[a, b].astype(np.float64))
+    return y
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3, 4), (1, 1, 1, 2, 3), (2, 6, 4, 5, 6), (1, 9, 8, 4, 2)])
+def test_winograd_matches_numpy_direct_sum(shape):
+    n, h, w, cin, cout = shape  # odd and even H, W (odd sizes pad one extra row/column)
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, h, w, cin), dtype=np.float32)
+    k = rng.standard_normal((3, 3, cin, cout), dtype=np.float32)
+    y = np.asarray(jax.jit(winograd_conv3x3)(x, k))
+    ref = _numpy_conv3x3(x, k)
+    assert y.shape == ref.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("h, w", [(6, 8), (5, 7), (2, 3)])
+def test_winograd_conv2d_values_and_grads_match_torch(h, w):
+    torch = pytest.importorskip("torch")
+    cin, cout = 5, 4
+    rng = np.random.default_rng(h * 10 + w)
+    x = rng.standard_normal((2, h, w, cin), dtype=np.float32)
+    layer = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    params = {"kernel": layer.weight.detach().numpy().transpose(2, 3, 1, 0), "bias": layer.bias.detach().numpy()}
+    g = rng.standard_normal((2, h, w, cout), dtype=np.float32)
+
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
+    yt = layer(xt)
+    yt.backward(torch.from_numpy(np.ascontiguousarray(g.transpose(0, 3, 1, 2))))
+
+    module = Conv2d(cout, impl="winograd")
+    y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, jnp.asarray(x))
+    dparams, dx = vjp(jnp.asarray(g))
+
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dparams["kernel"], layer.weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dparams["bias"], layer.bias.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_winograd_kernel_gradient_finite_differences():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((1, 4, 5, 2)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 2, 2)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((1, 4, 5, 2)), jnp.float32)
+    f = lambda k: jnp.sum(c * winograd_conv3x3(x, k))
+    grad = jax.grad(f)(k)
+    eps = 1e-2
+    for idx in [(0, 0, 0, 0), (1, 2, 1, 0), (2, 1, 0, 1)]:
+        e = jnp.zeros_like(k).at[idx].set(eps)
+        fd = (f(k + e) - f(k - e)) / (2 * eps)  # f is linear in k: central differences are exact up to rounding
+        np.testing.assert_allclose(grad[idx], fd, rtol=1e-3, atol=1e-3)
+
+
+def test_conv3x3_impl_switches_the_traced_formulation():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 6, 6, 3)), jnp.float32)
+    module = ConvReLU(4)
+    params = module.init(jax.random.PRNGKey(0), x)
+    direct_hlo = jax.jit(module.apply).lower(params, x).as_text()
+    with conv3x3_impl("winograd"):
+        wino_hlo = jax.jit(module.apply).lower(params, x).as_text()
+        wino = jax.jit(module.apply)(params, x)
+    assert "convolution" in direct_hlo and "convolution" not in wino_hlo
+    np.testing.assert_allclose(wino, module.apply(params, x), rtol=1e-5, atol=1e-5)
+    # 1×1 kernels ignore the override; unknown names raise.
+    with conv3x3_impl("winograd"):
+        assert "convolution" in jax.jit(lambda x, k: conv2d(x, k)).lower(x, jnp.ones((1, 1, 3, 2))).as_text()
+    with pytest.raises(ValueError, match="impl"):
+        conv3x3_impl("fast")
+    with pytest.raises(ValueError, match="impl"):
+        conv2d(x, jnp.ones((3, 3, 3, 2)), impl="fast")
+
+
+def test_winograd_bad_shapes_raise():
+    with pytest.raises(ValueError, match="kernel"):
+        winograd_conv3x3(jnp.ones((1, 4, 4, 3)), jnp.ones((5, 5, 3, 2)))
+    with pytest.raises(ValueError, match="kernel"):
+        winograd_conv3x3(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 2, 2)))
+    with pytest.raises(ValueError, match="x"):
+        winograd_conv3x3(jnp.ones((4, 4, 3)), jnp.ones((3, 3, 3, 2)))
+    with pytest.raises(ValueError, match="kernel"):
+        conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 3, 2)))
