@@ -23,15 +23,9 @@ from jaxsurg.models.flow_predictor import (
     SDC_FLOW_MEAN,
     SDC_FLOW_STD,
     MotionFlowPredictor,
-    StridedConv2d,
+    _sdc_conv,
 )
-from jaxsurg.models.unet import (
-    FLOW_KEYS,
-    WARPED_KEYS,
-    FlowCompensator,
-    UNet5,
-    upsample_bilinear_2x,
-)
+from jaxsurg.models.unet import FLOW_KEYS, WARPED_KEYS, FlowCompensator, UNet5
 from jaxsurg.models.unet11 import unet11_layers
 
 
@@ -80,19 +74,6 @@ def _assert_close(got, ref, rel=1e-4):
     ref = np.asarray(ref)
     scale = max(float(np.abs(ref).max()), 1e-6)
     np.testing.assert_allclose(np.asarray(got), ref, rtol=0, atol=rel * scale)
-
-
-# ----------------------------------------------------------------------------- upsampling
-
-
-@pytest.mark.parametrize("h, w", [(1, 1), (3, 5), (4, 2)])
-def test_upsample_bilinear_2x_matches_torch_interpolate(h, w):
-    torch = _torch()
-    x = np.random.default_rng(h + w).standard_normal((2, h, w, 3), dtype=np.float32)
-    ref = torch.nn.functional.interpolate(_nchw(x), scale_factor=2, mode="bilinear", align_corners=False)
-    got = jax.jit(upsample_bilinear_2x)(jnp.asarray(x))
-    assert got.shape == (2, 2 * h, 2 * w, 3)
-    np.testing.assert_allclose(got, _nhwc(ref), rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- UNet5
@@ -338,7 +319,7 @@ def test_strided_conv_matches_torch_and_uses_sdcnet_init():
     torch = _torch()
     conv = torch.nn.Conv2d(3, 4, 5, stride=2, padding=2)
     x = np.random.default_rng(11).standard_normal((1, 6, 8, 3), dtype=np.float32)
-    layer = StridedConv2d(4, 5, 2)
+    layer = _sdc_conv(4, 5, 2, jnp.float32, "conv")
     params = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 1, 0), "bias": conv.bias.detach().numpy()}
     with torch.no_grad():
         ref = _nhwc(conv(_nchw(x)))

@@ -130,7 +130,7 @@ def test_every_pretraining_loss_variant_gives_a_finite_loss_and_gradient(loss):
 
     p = ml_collections.ConfigDict(dict(
         loss=loss, num_anchors=4, min_flow=1 / 3, tau0=0.07, negative_weight=10.0, counterpart_weight=4.0,
-        radius_fraction=1 / 3, view_size=(32, 32),
+        radius_fraction=1 / 3, view_size=(32, 32), num_pairs=0,
     ))
     key = jax.random.PRNGKey(0)
     image = jax.random.uniform(key, (2, 40, 48, 3))

@@ -109,3 +109,19 @@ def test_winograd_bad_shapes_raise():
         winograd_conv3x3(jnp.ones((4, 4, 3)), jnp.ones((3, 3, 3, 2)))
     with pytest.raises(ValueError, match="kernel"):
         conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 3, 2)))
+
+
+@pytest.mark.parametrize("k,stride,h,w", [(3, 2, 7, 10), (5, 2, 8, 9), (7, 3, 11, 6)])
+def test_strided_conv2d_matches_torch(k, stride, h, w):
+    import torch
+
+    conv = torch.nn.Conv2d(3, 4, k, stride=stride, padding=k // 2)
+    x = np.random.default_rng(k).standard_normal((2, h, w, 3)).astype(np.float32)
+    params = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 1, 0), "bias": conv.bias.detach().numpy()}
+    with torch.no_grad():
+        ref = conv(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    got = Conv2d(4, k, stride=stride).apply({"params": params}, jnp.asarray(x))
+    assert got.shape == ref.shape == (2, (h - 1) // stride + 1, (w - 1) // stride + 1, 4)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="stride-1"):
+        conv2d(jnp.asarray(x), jnp.asarray(params["kernel"]), stride=stride, impl="winograd")

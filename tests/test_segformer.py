@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch", reason="the reference SegFormer runs in PyT
 transformers = pytest.importorskip("transformers", reason="the reference SegFormer is Hugging Face's")
 pytest.importorskip("safetensors", reason="the checkpoints are written as safetensors")
 
-from jaxsurg.models.segformer import MiTEncoder, SegFormer, interpolate_bilinear, segformer, segformer_b0
+from jaxsurg.models.segformer import MiTEncoder, SegFormer, segformer, segformer_b0
 from jaxsurg.models.vgg import IMAGENET_MEAN, IMAGENET_STD
 from jaxsurg.weights.hf_segformer import load_segformer
 
@@ -93,18 +93,6 @@ def hf(tmp_path_factory):
         "seg_logits": nhwc(seg_out.logits), "seg_stages": [nhwc(h) for h in seg_out.hidden_states],
         "enc_stages": [nhwc(h) for h in enc_out.hidden_states],
     }
-
-
-# ----------------------------------------------------------------------------- resize
-
-
-@pytest.mark.parametrize("size", [(18, 26), (5, 7), (1, 1), (9, 4)])
-def test_interpolate_bilinear_matches_torch(size):
-    x = np.random.default_rng(1).standard_normal((2, 5, 7, 3)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(
-        torch.from_numpy(x.transpose(0, 3, 1, 2)), size=size, mode="bilinear", align_corners=False
-    ).numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(np.asarray(interpolate_bilinear(jnp.asarray(x), size)), ref, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- equivalence

@@ -12,7 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsurg.ops.warp import backward_warp, backward_warp_labels, forward_warp, forward_warp_labels
+from jaxsurg.ops.warp import (
+    backward_warp,
+    backward_warp_labels,
+    forward_warp,
+    forward_warp_labels,
+    sample_bilinear,
+    sample_nearest,
+)
 
 
 @pytest.fixture
@@ -425,3 +432,41 @@ def test_label_warps_stay_in_label_set():
     ny = np.clip(np.floor(ys + f[..., 1] + 0.5), 0, 9).astype(int)
     ref = labels[np.arange(2)[:, None, None], ny, nx]
     np.testing.assert_array_equal(np.asarray(outs[1]), ref)
+
+
+# Samplers at arbitrary coordinates.
+def test_samplers_at_arbitrary_coordinates_match_references():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    b, h, w, c = 2, 5, 7, 3
+    src = rng.random((b, h, w, c)).astype(np.float32)
+    coords = (rng.integers(-96, 320, (b, 4, 9, 2)) / 32.0).astype(np.float32)  # 1/32 px: cv2's grid
+    assert (coords < 0).any() and (coords[..., 0] > w - 1).any()
+    # zeros border: grid_sample(align_corners=True), normalised x ↦ 2x/(W−1) − 1.
+    grid = np.stack([2 * coords[..., 0] / (w - 1) - 1, 2 * coords[..., 1] / (h - 1) - 1], -1)
+    ref = torch.nn.functional.grid_sample(
+        torch.from_numpy(src.transpose(0, 3, 1, 2).copy()), torch.from_numpy(grid),
+        mode="bilinear", padding_mode="zeros", align_corners=True,
+    ).numpy().transpose(0, 2, 3, 1)
+    out = np.asarray(sample_bilinear(jnp.asarray(src), jnp.asarray(coords), border="zeros"))
+    assert out.shape == (b, 4, 9, c)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    # clamp border: cv2.remap with a replicated border.
+    for n in range(b):
+        ref = cv2.remap(src[n], coords[n, ..., 0], coords[n, ..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        got = np.asarray(sample_bilinear(jnp.asarray(src), jnp.asarray(coords)))[n]
+        np.testing.assert_allclose(got, ref, atol=2e-6)
+    # nearest: floor(x + 0.5); 'zeros' reads 0 outside, 'clamp' the clamped pixel.
+    labels = rng.integers(0, 9, (b, h, w, 1)).astype(np.int32)
+    xi, yi = np.floor(coords[..., 0] + 0.5).astype(int), np.floor(coords[..., 1] + 0.5).astype(int)
+    bi = np.arange(b)[:, None, None]
+    clamped = labels[bi, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
+    inside = ((xi >= 0) & (xi < w) & (yi >= 0) & (yi < h))[..., None]
+    np.testing.assert_array_equal(sample_nearest(jnp.asarray(labels), jnp.asarray(coords)), clamped)
+    np.testing.assert_array_equal(
+        sample_nearest(jnp.asarray(labels), jnp.asarray(coords), border="zeros"), np.where(inside, clamped, 0)
+    )
+    with pytest.raises(ValueError, match="coords"):
+        sample_bilinear(jnp.asarray(src), jnp.zeros((1, 4, 4, 2)))
+    with pytest.raises(ValueError, match="border"):
+        sample_nearest(jnp.asarray(src), jnp.asarray(coords), border="reflect")

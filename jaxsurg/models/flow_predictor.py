@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsurg.models.unet import LEAKY_SLOPE, upsample_bilinear_2x
+from jaxsurg.models.layers import Conv2d
+from jaxsurg.models.unet import LEAKY_SLOPE
+from jaxsurg.ops.resize import upsample_bilinear_2x
 
 Array = jax.Array
 
@@ -35,36 +37,13 @@ def _bias_uniform01(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32
     return jax.random.uniform(key, shape, dtype, 0.0, 1.0)
 
 
-class StridedConv2d(nn.Module):
-    """``torch.nn.Conv2d(cin, features, k, stride, padding=(k − 1) // 2)`` in NHWC, k odd.
-
-    (N, H, W, Cin) → (N, ⌈H/stride⌉, ⌈W/stride⌉, features) (exactly H/stride for even H and
-    stride 2). Params ``kernel`` (k, k, Cin, features) (PyTorch weight transposed by
-    (2, 3, 1, 0)) and ``bias`` (features,). Initialisation as SDC-Net: Xavier-uniform kernel
-    (fan_in = Cin·k², fan_out = features·k², as PyTorch), bias U[0, 1).
-    """
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 1
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k, s = self.kernel_size, self.stride
-        if k % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {k}")
-        kernel = self.param(
-            "kernel", nn.initializers.xavier_uniform(), (k, k, x.shape[-1], self.features), self.param_dtype
-        )
-        bias = self.param("bias", _bias_uniform01, (self.features,), self.param_dtype)
-        p = (k - 1) // 2
-        y = lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), (s, s), ((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return y + bias.astype(self.dtype)
+def _sdc_conv(features: int, kernel_size: int, stride: int, dtype: Any, name: str) -> Conv2d:
+    """A 'same'-padded conv initialised as SDC-Net: Xavier-uniform kernel (fan_in = Cin·k²,
+    fan_out = features·k², as PyTorch), bias U[0, 1)."""
+    return Conv2d(
+        features, kernel_size, stride=stride, dtype=dtype, name=name,
+        kernel_init=nn.initializers.xavier_uniform(), bias_init=_bias_uniform01,
+    )
 
 
 class MotionFlowPredictor(nn.Module):
@@ -168,7 +147,7 @@ class MotionFlowPredictor(nn.Module):
         act = lambda y: nn.leaky_relu(y, LEAKY_SLOPE)
 
         def conv(features: int, k: int, s: int, name: str):
-            return lambda y: act(StridedConv2d(features, k, s, dtype=dt, name=name)(y))
+            return lambda y: act(_sdc_conv(features, k, s, dt, name)(y))
 
         c1 = conv(b, 7, 2, "conv1")(x)
         c2 = conv(2 * b, 5, 2, "conv2")(c1)
@@ -187,7 +166,7 @@ class MotionFlowPredictor(nn.Module):
         y = cat(c2, up(y, b, "deconv2"))
         y = cat(c1, up(y, b // 2, "deconv1"))
         y = cat(x, up(y, b // 4, "deconv0"))
-        out = StridedConv2d(2, 3, 1, dtype=dt, name="final_flow")(y).astype(jnp.float32)
+        out = _sdc_conv(2, 3, 1, dt, "final_flow")(y).astype(jnp.float32)
         mean_out, std_out = mean, std
         if mean_out.ndim == 5:  # per-example statistics: (B, 1, 1, 1, 2) → (B, 1, 1, 2)
             mean_out, std_out = mean_out[:, 0], std_out[:, 0]

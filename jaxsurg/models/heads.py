@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsurg.models.layers import Conv2d, ConvReLU, torch_uniform_init
+from jaxsurg.models.layers import Conv2d, ConvReLU
+from jaxsurg.ops.resize import resize_bilinear
 
 Array = jax.Array
 Dtype = Any
@@ -49,16 +50,6 @@ def representation_grid(height: int, width: int) -> tuple[int, int]:
     stride-2, padding-1 3×3 convolutions, ``floor((n − 1)/4) + 1``.
     """
     return -(-height // 4), -(-width // 4)
-
-
-def upsample_bilinear(x: Array, size: tuple[int, int]) -> Array:
-    """Bilinear resize of (B, h, w, C) to (B, H, W, C), half-pixel centres (align_corners=False).
-
-    Equals ``torch.nn.functional.interpolate(x, size=(H, W), mode="bilinear",
-    align_corners=False)`` for upsampling (H ≥ h, W ≥ w); computed in float32.
-    """
-    b, _, _, c = x.shape
-    return jax.image.resize(x.astype(jnp.float32), (b, size[0], size[1], c), method="bilinear")
 
 
 def match_grid(x: Array, size: tuple[int, int]) -> Array:
@@ -89,39 +80,6 @@ def _check_inputs(image: Array, rep: Array) -> None:
         )
 
 
-class StridedConv2d(nn.Module):
-    """``torch.nn.Conv2d(cin, features, k, stride=stride, padding=k // 2)`` in NHWC, k odd.
-
-    (N, H, W, Cin) → (N, floor((H − 1)/stride) + 1, floor((W − 1)/stride) + 1, features).
-    Params ``kernel`` (k, k, Cin, features) and ``bias`` (features,), PyTorch's default
-    initialisation U(±1/√(Cin·k·k)).
-    """
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 2
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k, s = self.kernel_size, self.stride
-        if k % 2 != 1 or s < 1:
-            raise ValueError(f"kernel_size must be odd and stride >= 1, got {k} and {s}")
-        init = torch_uniform_init(x.shape[-1] * k * k)
-        kernel = self.param("kernel", init, (k, k, x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", init, (self.features,), self.param_dtype)
-        p = k // 2
-        y = lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            (s, s),
-            ((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return y + bias.astype(self.dtype)
-
-
 class SideTuneNetwork(nn.Module):
     """The 2-layer side-tune network of Laparoflow-SSL (paper App. D.1; Zhang et al. 2020).
 
@@ -143,7 +101,7 @@ class SideTuneNetwork(nn.Module):
     def __call__(self, image: Array) -> Array:
         x = image
         for i, f in enumerate(self.features):
-            x = nn.relu(StridedConv2d(f, 3, self.stride, dtype=self.dtype, name=f"conv_{i}")(x))
+            x = nn.relu(Conv2d(f, 3, stride=self.stride, dtype=self.dtype, name=f"conv_{i}")(x))
         return x
 
 
@@ -166,7 +124,7 @@ def _head_forward(
     for i, f in enumerate(features):
         x = ConvReLU(f, 3, dtype=dtype, name=f"conv_{i}")(x)
     logits = Conv2d(out_features, 1, dtype=dtype, name="classifier")(x)
-    return upsample_bilinear(logits, image.shape[1:3])
+    return resize_bilinear(logits.astype(jnp.float32), image.shape[1:3], precision=lax.Precision.HIGHEST)
 
 
 class SideTuneSegmentationHead(nn.Module):

@@ -156,13 +156,16 @@ def winograd_conv3x3(x: Array, kernel: Array) -> Array:
     return y[:, :h, :w]
 
 
-def conv2d(x: Array, kernel: Array, bias: Array | None = None, *, impl: str = "default") -> Array:
-    """Stride-1 'same' convolution (cross-correlation, as PyTorch), odd square kernel.
+def conv2d(x: Array, kernel: Array, bias: Array | None = None, *, stride: int = 1, impl: str = "default") -> Array:
+    """'Same'-padded convolution (cross-correlation, as PyTorch), odd square kernel:
+    ``torch.nn.functional.conv2d(x, w, b, stride, padding=(k − 1) // 2)``.
 
     Args:
       x: (N, H, W, Cin).
       kernel: (k, k, Cin, Cout), k odd; zero padding (k − 1)/2 on every side.
       bias: optional (Cout,).
+      stride: s ≥ 1; the output is (N, ⌊(H − 1)/s⌋ + 1, ⌊(W − 1)/s⌋ + 1, Cout). Strided
+        convolutions are always direct.
       impl: "direct" (``lax.conv_general_dilated``), "winograd" (``winograd_conv3x3``; 3×3
         kernels only) or "default": direct, unless traced inside ``conv3x3_impl(...)`` and
         the kernel is 3×3. Direct is the default because it is the faster of the two on
@@ -170,28 +173,34 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *, impl: str = "d
         (``benchmarks/README.md``). Both compute the same function up to float32 rounding.
 
     Returns:
-      (N, H, W, Cout) in ``x.dtype``.
+      (N, H', W', Cout) in ``x.dtype`` (H' = H, W' = W at stride 1).
 
     Raises:
-      ValueError: kernel not (k, k, Cin, Cout) with k odd; unknown ``impl``; "winograd" with
-        a kernel that is not 3×3.
+      ValueError: kernel not (k, k, Cin, Cout) with k odd; stride < 1; unknown ``impl``;
+        "winograd" with a kernel that is not 3×3 or a stride other than 1.
     """
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 != 1:
         raise ValueError(f"kernel must be (k, k, Cin, Cout) with k odd, got shape {kernel.shape}")
+    if stride < 1:
+        raise ValueError(f"stride must be ≥ 1, got {stride}")
     if impl not in _CONV_IMPLS:
         raise ValueError(f"impl must be one of {_CONV_IMPLS}, got {impl!r}")
     if impl == "default":
-        impl = _IMPL_OVERRIDE[-1] if _IMPL_OVERRIDE and kernel.shape[0] == 3 else "direct"
+        impl = _IMPL_OVERRIDE[-1] if _IMPL_OVERRIDE and kernel.shape[0] == 3 and stride == 1 else "direct"
     if impl == "winograd":
+        if stride != 1:
+            raise ValueError(f"impl='winograd' computes stride-1 convolutions only, got stride {stride}")
         y = winograd_conv3x3(x, kernel)
     else:
         pad = (kernel.shape[0] - 1) // 2
-        y = lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSION_NUMBERS)
+        y = lax.conv_general_dilated(
+            x, kernel, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSION_NUMBERS
+        )
     return y if bias is None else y + bias
 
 
 class Conv2d(nn.Module):
-    """``torch.nn.Conv2d(cin, features, k, padding=k // 2)`` in NHWC, k odd.
+    """``torch.nn.Conv2d(cin, features, k, stride, padding=k // 2)`` in NHWC, k odd.
 
     Params: ``kernel`` (k, k, Cin, features) — the PyTorch weight (features, Cin, k, k)
     transposed by (2, 3, 1, 0) — and ``bias`` (features,). Default initialisation is
@@ -200,6 +209,7 @@ class Conv2d(nn.Module):
     Attributes:
       features: output channels.
       kernel_size: k (odd).
+      stride: s (1: same size; 2: ⌊(H − 1)/2⌋ + 1 rows, e.g. the side-tune network).
       dtype: computation dtype; input and params are cast to it.
       param_dtype: parameter dtype (float32).
       kernel_init, bias_init: optional initialisers; None = PyTorch's default.
@@ -209,6 +219,7 @@ class Conv2d(nn.Module):
 
     features: int
     kernel_size: int = 3
+    stride: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer | None = None
@@ -223,11 +234,13 @@ class Conv2d(nn.Module):
         default = torch_uniform_init(cin * k * k)
         kernel = self.param("kernel", self.kernel_init or default, (k, k, cin, self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init or default, (self.features,), self.param_dtype)
-        return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype), impl=self.impl)
+        return conv2d(
+            x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype), stride=self.stride, impl=self.impl
+        )
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        """(N, H, W, Cin) → (N, H, W, features) in ``dtype``."""
+        """(N, H, W, Cin) → (N, H', W', features) in ``dtype`` (H' = H at stride 1)."""
         return self._conv(x)
 
 

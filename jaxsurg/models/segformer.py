@@ -36,9 +36,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsurg.models.vgg import imagenet_normalize
+from jaxsurg.ops.resize import resize_bilinear
 
 Array = jax.Array
 Dtype = Any
@@ -64,52 +64,6 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) weights of 1-D linear interpolation, PyTorch ``align_corners=False``."""
-    # float32 arithmetic in PyTorch's order, so that the weights round as PyTorch's do.
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
-    i0 = np.minimum(src.astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    l1 = src - i0.astype(np.float32)
-    m = np.zeros((out_size, in_size), np.float32)
-    rows = np.arange(out_size)
-    np.add.at(m, (rows, i0), np.float32(1) - l1)
-    np.add.at(m, (rows, i1), l1)
-    return m.astype(np.float32)
-
-
-def interpolate_bilinear(x: Array, size: tuple[int, int]) -> Array:
-    """``torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=False)`` in NHWC.
-
-    Exact PyTorch semantics for up- and down-sampling (no antialiasing): output pixel o samples
-    the input at ``max((o + 0.5)·in/out − 0.5, 0)``, clamped at the last pixel. (For
-    down-sampling ``jax.image.resize`` antialiases and differs; for up-sampling it agrees.)
-    Implemented as two small separable interpolation matrices applied with ``einsum``.
-
-    Args:
-      x: (N, H, W, C) float.
-      size: output (H_out, W_out), positive ints.
-
-    Returns:
-      (N, H_out, W_out, C) in ``x.dtype``.
-
-    Raises:
-      ValueError: x is not rank 4 or size is not two positive ints.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"interpolate_bilinear expects x of shape (N, H, W, C), got {x.shape}")
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"interpolate_bilinear: size must be two positive ints (H, W), got {size}")
-    h, w = x.shape[1:3]
-    ho, wo = int(size[0]), int(size[1])
-    if (h, w) == (ho, wo):
-        return x
-    mh = jnp.asarray(_interp_matrix(h, ho), x.dtype)
-    mw = jnp.asarray(_interp_matrix(w, wo), x.dtype)
-    return jnp.einsum("oh,nhwc,pw->nopc", mh, x, mw)
 
 
 def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
@@ -368,7 +322,7 @@ class SegFormerDecodeHead(nn.Module):
 
     ``__call__(features, *, train)``: the encoder outputs ``(c1, …, c4)``, c_i (B, H_i, W_i, C_i),
     → (B, H_1, W_1, out_dim) float32 logits. Each c_i → Linear(C_i, decoder_dim) → bilinear
-    upsampling to (H_1, W_1) (PyTorch ``align_corners=False``, ``interpolate_bilinear``);
+    upsampling to (H_1, W_1) (PyTorch ``align_corners=False``, ``jaxsurg.ops.resize.resize_bilinear``);
     concatenated in the order (c4, c3, c2, c1) → 1×1 conv without bias (``linear_fuse``) →
     BatchNorm → ReLU → dropout(``dropout``) → 1×1 conv with bias (``classifier``).
 
@@ -391,7 +345,7 @@ class SegFormerDecodeHead(nn.Module):
         ups = []
         for i, f in enumerate(features):
             y = _dense(self.decoder_dim, f"linear_projections_{i}", self.dtype)(f.astype(self.dtype))
-            ups.append(interpolate_bilinear(y, (h, w)))
+            ups.append(resize_bilinear(y, (h, w)))
         x = jnp.concatenate(ups[::-1], axis=-1)
         x = nn.Dense(self.decoder_dim, use_bias=False, dtype=self.dtype,
                      kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name="linear_fuse")(x)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsurg.models.layers import Conv2d
+from jaxsurg.ops.resize import upsample_bilinear_2x
 
 Array = jax.Array
 
@@ -36,49 +37,6 @@ LEAKY_SLOPE = 0.1
 # Î_0 = T(Î_i1, F_{i→0}) (backward reconstructed).
 FLOW_KEYS: tuple[str, ...] = ("i_to_0", "i_to_1", "0_to_i", "1_to_i")
 WARPED_KEYS: tuple[str, ...] = ("forward_i", "forward_1", "backward_i", "backward_0")
-
-
-def upsample_bilinear_2x(x: Array) -> Array:
-    """×2 bilinear up-sampling, ``torch.nn.functional.interpolate(x, scale_factor=2,
-    mode="bilinear", align_corners=False)`` in NHWC.
-
-    With half-pixel centres an output row 2i samples the input at i − 1/4 and row 2i + 1 at
-    i + 1/4, so ``y[2i] = ¼·x[i−1] + ¾·x[i]`` and ``y[2i+1] = ¾·x[i] + ¼·x[i+1]``, the
-    out-of-range neighbour clamped to the edge (PyTorch clamps the source coordinate at 0 and
-    the index at H − 1). Columns likewise. Written with shifts and an interleave: no gather,
-    no resize kernel, exact in any float dtype.
-
-    Args:
-      x: (N, H, W, C) float.
-
-    Returns:
-      (N, 2H, 2W, C), same dtype.
-
-    Raises:
-      ValueError: x not rank 4.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"upsample_bilinear_2x expects (N, H, W, C), got shape {x.shape}")
-
-    def along(a: Array, axis: int) -> Array:
-        n = a.shape[axis]
-        prev = jnp.concatenate([lax_slice(a, axis, 0, 1), lax_slice(a, axis, 0, n - 1)], axis)
-        nxt = jnp.concatenate([lax_slice(a, axis, 1, n), lax_slice(a, axis, n - 1, n)], axis)
-        even = 0.25 * prev + 0.75 * a
-        odd = 0.75 * a + 0.25 * nxt
-        out = jnp.stack([even, odd], axis + 1)
-        shape = list(a.shape)
-        shape[axis] = 2 * n
-        return out.reshape(shape).astype(a.dtype)
-
-    return along(along(x, 1), 2)
-
-
-def lax_slice(a: Array, axis: int, start: int, stop: int) -> Array:
-    """``a[..., start:stop, ...]`` along ``axis`` (static bounds)."""
-    index = [slice(None)] * a.ndim
-    index[axis] = slice(start, stop)
-    return a[tuple(index)]
 
 
 def avg_pool_2x2(x: Array) -> Array:

@@ -1,0 +1,1 @@
+"""Pure jnp operators: warps and sampling, intermediate-flow algebra, colour spaces, views."""

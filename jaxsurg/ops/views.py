@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsurg.ops import color
+from jaxsurg.ops import color, warp
 
 Array = jax.Array
 
@@ -260,25 +260,25 @@ def representation_map(
 
 
 # ------------------------------------------------------------------------------ sampling
-def _check_sampling_args(src: Array, coords: Array) -> None:
-    if src.ndim != 4:
-        raise ValueError(f"src must be (B, H, W, C), got shape {src.shape}")
-    if coords.ndim != 4 or coords.shape[-1] != 2 or coords.shape[0] != src.shape[0]:
-        raise ValueError(f"coords must be (B, h, w, 2) (x, y) pixels with B = {src.shape[0]}, got shape {coords.shape}")
+# The sampling itself is jaxsurg.ops.warp's (one implementation, 'clamp' border). What is
+# specific to the views is the ``inside`` mask: a point is inside when it lies in the image
+# AREA [−0.5, W − 0.5] × [−0.5, H − 0.5] (every pixel's full square), whereas
+# ``warp.backward_warp``'s mask is the narrower [0, W − 1] × [0, H − 1] between the outer
+# pixel centres. The area definition is the one the views need: a rotated crop touching the
+# frame's border still shows real (edge-replicated within half a pixel) content.
 
 
-def _inside(coords: Array, height: int, width: int) -> Array:
+def _inside_area(coords: Array, height: int, width: int) -> Array:
     x, y = coords[..., 0], coords[..., 1]
     lo = -0.5 - _INSIDE_TOL
     return (x >= lo) & (x <= width - 0.5 + _INSIDE_TOL) & (y >= lo) & (y <= height - 0.5 + _INSIDE_TOL)
 
 
-def _gather(src: Array, yi: Array, xi: Array) -> Array:
-    return jax.vmap(lambda s, y, x: s[y, x])(src, yi, xi)
-
-
 def sample_bilinear(src: Array, coords: Array) -> tuple[Array, Array]:
-    """Bilinear sampling of ``src`` at float pixel coordinates (pixel centres at integers).
+    """Bilinear sampling of ``src`` at float pixel coordinates (pixel centres at integers),
+    with the views' pixel-AREA ``inside`` mask.
+
+    ``warp.sample_bilinear(src, coords, border='clamp')`` plus :func:`_inside_area`.
 
     Args:
       src: (B, H, W, C) float.
@@ -288,25 +288,16 @@ def sample_bilinear(src: Array, coords: Array) -> tuple[Array, Array]:
       (out, inside): out (B, h, w, C) in src's dtype — edge pixels are replicated within
       and beyond the border (values outside the image are the clamped edge; mask them with
       ``inside``); inside bool (B, h, w), True where the point is in the image area
-      [−0.5, W − 0.5] × [−0.5, H − 0.5]. Differentiable in ``src`` and ``coords``.
+      [−0.5, W − 0.5] × [−0.5, H − 0.5] (1e-3 px tolerance). Differentiable in ``src`` and
+      ``coords``.
 
     Raises:
       ValueError: on shapes other than the above.
     """
     src = jnp.asarray(src)
     coords = jnp.asarray(coords, jnp.float32)
-    _check_sampling_args(src, coords)
-    _, hh, ww, _ = src.shape
-    x, y = coords[..., 0], coords[..., 1]
-    x0f, y0f = jnp.floor(x), jnp.floor(y)
-    fx, fy = (x - x0f)[..., None], (y - y0f)[..., None]
-    x0, y0 = x0f.astype(jnp.int32), y0f.astype(jnp.int32)
-    xa, xb = jnp.clip(x0, 0, ww - 1), jnp.clip(x0 + 1, 0, ww - 1)
-    ya, yb = jnp.clip(y0, 0, hh - 1), jnp.clip(y0 + 1, 0, hh - 1)
-    top = _gather(src, ya, xa) * (1 - fx) + _gather(src, ya, xb) * fx
-    bottom = _gather(src, yb, xa) * (1 - fx) + _gather(src, yb, xb) * fx
-    out = top * (1 - fy) + bottom * fy
-    return out.astype(src.dtype), _inside(coords, hh, ww)
+    out = warp.sample_bilinear(src, coords, border="clamp")
+    return out.astype(src.dtype), _inside_area(coords, src.shape[1], src.shape[2])
 
 
 def sample_nearest(src: Array, coords: Array) -> tuple[Array, Array]:
@@ -314,11 +305,8 @@ def sample_nearest(src: Array, coords: Array) -> tuple[Array, Array]:
     :func:`sample_bilinear`, any dtype. Ties (x.5) go to the right/lower pixel."""
     src = jnp.asarray(src)
     coords = jnp.asarray(coords, jnp.float32)
-    _check_sampling_args(src, coords)
-    _, hh, ww, _ = src.shape
-    xi = jnp.clip(jnp.floor(coords[..., 0] + 0.5).astype(jnp.int32), 0, ww - 1)
-    yi = jnp.clip(jnp.floor(coords[..., 1] + 0.5).astype(jnp.int32), 0, hh - 1)
-    return _gather(src, yi, xi), _inside(coords, hh, ww)
+    out = warp.sample_nearest(src, coords, border="clamp")
+    return out, _inside_area(coords, src.shape[1], src.shape[2])
 
 
 # ------------------------------------------------------------------------------ random G

@@ -1,4 +1,4 @@
-"""Differentiable image warps: forward bilinear splatting and backward sampling.
+"""Differentiable image warps and sampling: forward bilinear splatting, backward sampling.
 
 Conventions (DESIGN.md): arrays are batch-first NHWC; optical flow ``flow[b, y, x] = (dx, dy)``
 in pixels, from the frame the flow is defined on to the frame it points at; pixel ``p = (x, y)``
@@ -10,6 +10,9 @@ is the integer pixel centre, so ``x`` runs over ``0 … W−1`` and ``y`` over `
 - ``backward_warp(src, flow)`` samples ``src`` at ``p + flow[p]`` (what the Dual Motion Flow
   reference code does: bilinear sampling with the sample coordinates clamped to the image;
   label maps with nearest sampling).
+- ``sample_bilinear(src, coords)`` / ``sample_nearest(src, coords)``: the samplers behind
+  ``backward_warp``, at arbitrary (B, h, w, 2) float pixel coordinates ``(x, y)``; the one
+  implementation of image sampling in jaxsurg (``jaxsurg.ops.views`` uses them too).
 
 Both are pure ``jnp`` and the public functions are ``jax.jit``-compiled (their keyword
 options and ``num_classes`` are static arguments; they also trace inside an outer jit),
@@ -180,25 +183,143 @@ def forward_warp(
 
 
 # --------------------------------------------------------------------------------------
-# Backward warp (sampling).
+# Sampling at float pixel coordinates, and the backward warp built on it.
 
 
-def _gather(src: jax.Array, xi: jax.Array, yi: jax.Array) -> jax.Array:
-    """``src[b, yi, xi]`` for in-range integer index maps (B, H', W') → (B, H', W', C)."""
+def _check_sampling_args(src: jax.Array, coords: jax.Array) -> None:
+    if src.ndim != 4:
+        raise ValueError(f"src must be a (B, H, W, C) array, got shape {tuple(src.shape)}")
+    if coords.ndim != 4 or coords.shape[-1] != 2 or coords.shape[0] != src.shape[0]:
+        raise ValueError(
+            f"coords must be a (B, h, w, 2) array of (x, y) pixel coordinates with "
+            f"B = {src.shape[0]} (src's batch), got shape {tuple(coords.shape)}"
+        )
+
+
+def _check_border(border: str) -> None:
+    if border not in _BORDERS:
+        raise ValueError(f"border must be one of {_BORDERS}, got {border!r}")
+
+
+def _prepare_points(sx: jax.Array, sy: jax.Array, h: int, w: int, border: str):
+    # Keep far-out points finite and small before floor()/int casts (both corners of a
+    # point clipped here lie outside the image, so the result is unchanged).
+    sx = jnp.clip(sx, -2.0, w + 1.0)
+    sy = jnp.clip(sy, -2.0, h + 1.0)
+    if border == "clamp":
+        sx = jnp.clip(sx, 0.0, w - 1.0)
+        sy = jnp.clip(sy, 0.0, h - 1.0)
+    return sx, sy
+
+
+def _bilinear(src: jax.Array, sx: jax.Array, sy: jax.Array, border: str) -> jax.Array:
+    """Bilinear sample of float ``src`` (B, H, W, C) at points (B, h, w) → (B, h, w, C)."""
     b, h, w, c = src.shape
+    sx, sy = _prepare_points(sx, sy, h, w, border)
+    x0f = jnp.floor(sx)
+    y0f = jnp.floor(sy)
+    fx = sx - x0f
+    fy = sy - y0f
+    # One gather over the 4 corners (stacked on a leading axis).
+    cx = x0f.astype(jnp.int32)[None] + jnp.array([0, 1, 0, 1], jnp.int32)[:, None, None, None]
+    cy = y0f.astype(jnp.int32)[None] + jnp.array([0, 0, 1, 1], jnp.int32)[:, None, None, None]
+    wx = jnp.stack([1.0 - fx, fx, 1.0 - fx, fx])
+    wy = jnp.stack([1.0 - fy, 1.0 - fy, fy, fy])
+    # With 'clamp' a corner can only be outside when its weight is exactly 0.
+    ok = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    wc = jnp.where(ok, wx * wy, 0.0)[..., None]  # (4, B, h, w, 1)
+    batch = jnp.arange(b, dtype=jnp.int32)[None, :, None, None]
+    idx = (batch * h + jnp.clip(cy, 0, h - 1)) * w + jnp.clip(cx, 0, w - 1)
+    vals = src.reshape(b * h * w, c)[idx.reshape(-1)].reshape(*idx.shape, c)
+    return jnp.sum(wc * vals, axis=0)
+
+
+def _nearest(src: jax.Array, sx: jax.Array, sy: jax.Array, border: str) -> jax.Array:
+    """Nearest sample (halves round up) of ``src`` (B, H, W, C) at points (B, h, w)."""
+    b, h, w, c = src.shape
+    sx, sy = _prepare_points(sx, sy, h, w, border)
+    xi = jnp.floor(sx + 0.5).astype(jnp.int32)
+    yi = jnp.floor(sy + 0.5).astype(jnp.int32)
+    ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
     batch = jnp.arange(b, dtype=jnp.int32)[:, None, None]
-    idx = (batch * h + yi) * w + xi
-    return src.reshape(b * h * w, c)[idx.reshape(-1)].reshape(*idx.shape, c)
+    idx = (batch * h + jnp.clip(yi, 0, h - 1)) * w + jnp.clip(xi, 0, w - 1)
+    vals = src.reshape(b * h * w, c)[idx.reshape(-1)].reshape(*idx.shape, c)
+    return jnp.where(ok[..., None], vals, jnp.zeros((), src.dtype))
 
 
-def _sample_points(flow: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    _, h, w, _ = flow.shape
-    xs, ys = _pixel_grid(h, w, dtype)
-    return xs + flow[..., 0].astype(dtype), ys + flow[..., 1].astype(dtype)
-
-
-def _inside(sx: jax.Array, sy: jax.Array, h: int, w: int) -> jax.Array:
+def _inside_points(sx: jax.Array, sy: jax.Array, h: int, w: int) -> jax.Array:
+    """True where a sample POINT lies in [0, W−1] × [0, H−1] (between the outer pixel centres)."""
     return (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("border",))
+def sample_bilinear(
+    src: jax.Array, coords: jax.Array, *, border: Literal["clamp", "zeros"] = "clamp"
+) -> jax.Array:
+    """Bilinear sampling of ``src`` at float pixel coordinates: ``out[b, i, j] = src(coords[b, i, j])``.
+
+    Pixel ``(row y, column x)`` of ``src`` has its centre at the point ``(x, y)``; the output
+    grid (h, w) is independent of ``src``'s (H, W). This is the sampler behind
+    :func:`backward_warp` (``coords = p + flow[p]``) and the Laparoflow-SSL view resampling
+    (``jaxsurg.ops.views``, affine ``coords``).
+
+    Borders (as :func:`backward_warp`):
+      - ``'clamp'``: the point is clamped to ``[0, W−1] × [0, H−1]``, which replicates the
+        edge pixels (``cv2.remap`` with ``BORDER_REPLICATE``; ``scipy.ndimage.map_coordinates``
+        with ``order=1, mode='nearest'``); no gradient w.r.t. ``coords`` flows through a
+        clamped coordinate.
+      - ``'zeros'``: corners outside the image contribute 0
+        (``torch.nn.functional.grid_sample``, ``padding_mode='zeros'``, ``align_corners=True``).
+
+    Differentiable w.r.t. ``src`` and ``coords`` (with kinks where a coordinate crosses an
+    integer). No ``inside`` mask is returned: callers define the one they need
+    (:func:`backward_warp`'s sample points in ``[0, W−1]``; ``views``' pixel area
+    ``[−0.5, W−0.5]``).
+
+    Args:
+      src: (B, H, W, C) float image/features.
+      coords: float (B, h, w, 2), ``(x, y)`` in ``src`` pixels.
+      border: ``'clamp'`` or ``'zeros'``.
+
+    Returns:
+      (B, h, w, C) in the float dtype of ``src``/``coords`` (float32 if neither is float).
+
+    Raises:
+      ValueError: ``src`` not 4-D, ``coords`` not (B, h, w, 2) with ``src``'s B, unknown ``border``.
+    """
+    _check_sampling_args(src, coords)
+    _check_border(border)
+    dtype = _float_dtype(src, coords)
+    coords = coords.astype(dtype)
+    return _bilinear(src.astype(dtype), coords[..., 0], coords[..., 1], border)
+
+
+@functools.partial(jax.jit, static_argnames=("border",))
+def sample_nearest(
+    src: jax.Array, coords: jax.Array, *, border: Literal["clamp", "zeros"] = "clamp"
+) -> jax.Array:
+    """Nearest-neighbour sampling of ``src`` at float pixel coordinates (masks, label maps).
+
+    Same geometry and borders as :func:`sample_bilinear`; the point ``(x, y)`` reads pixel
+    ``(floor(y + 0.5), floor(x + 0.5))`` (halves round up, to the right/lower pixel). With
+    ``'clamp'`` the point is clamped to the image first (edge replicated); with ``'zeros'``
+    a point whose rounded pixel is outside reads 0. Zero gradient w.r.t. ``coords``.
+
+    Args:
+      src: (B, H, W, C) array of any dtype (float, integer, bool).
+      coords: float (B, h, w, 2), ``(x, y)`` in ``src`` pixels.
+      border: ``'clamp'`` or ``'zeros'``.
+
+    Returns:
+      (B, h, w, C) in ``src.dtype``.
+
+    Raises:
+      ValueError: as :func:`sample_bilinear`.
+    """
+    _check_sampling_args(src, coords)
+    _check_border(border)
+    coords = coords.astype(_float_dtype(coords))
+    return _nearest(src, coords[..., 0], coords[..., 1], border)
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "border", "return_inside"))
@@ -214,9 +335,10 @@ def backward_warp(
 
     The warp of the Dual Motion Flow reference code (which departs from the paper's forward
     splatting, see REFERENCE.md): bilinear sampling with the sample point clamped to the
-    image; label maps with nearest sampling. With ``border='clamp'`` and ``mode='bilinear'``
-    this equals ``cv2.remap(src, x + dx, y + dy, INTER_LINEAR, BORDER_REPLICATE)`` (up to
-    OpenCV's 1/32-pixel quantisation of the sample position).
+    image; label maps with nearest sampling. It is :func:`sample_bilinear` /
+    :func:`sample_nearest` at the points ``p + flow[p]``. With ``border='clamp'`` and
+    ``mode='bilinear'`` this equals ``cv2.remap(src, x + dx, y + dy, INTER_LINEAR,
+    BORDER_REPLICATE)`` (up to OpenCV's 1/32-pixel quantisation of the sample position).
 
     Borders:
       - ``'clamp'``: the sample point is clamped to ``[0, W−1] × [0, H−1]`` (replicates the
@@ -234,7 +356,8 @@ def backward_warp(
       mode: ``'bilinear'`` or ``'nearest'``.
       border: ``'clamp'`` or ``'zeros'``.
       return_inside: also return ``inside`` (B, H, W) bool, True where the unclamped sample
-        point lies in ``[0, W−1] × [0, H−1]``.
+        POINT lies in ``[0, W−1] × [0, H−1]`` (between the outer pixel centres, where every
+        bilinear corner is a real pixel; ``views`` uses the wider pixel AREA instead).
 
     Returns:
       ``out`` (B, H, W, C): bilinear mode in the float dtype of ``src``/``flow``; nearest mode
@@ -246,49 +369,18 @@ def backward_warp(
     _check_image_and_flow(src, flow)
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if border not in _BORDERS:
-        raise ValueError(f"border must be one of {_BORDERS}, got {border!r}")
+    _check_border(border)
     _, h, w, _ = src.shape
+    dtype = _float_dtype(src, flow) if mode == "bilinear" else _float_dtype(flow)
+    xs, ys = _pixel_grid(h, w, dtype)
+    sx = xs + flow[..., 0].astype(dtype)
+    sy = ys + flow[..., 1].astype(dtype)
     if mode == "bilinear":
-        dtype = _float_dtype(src, flow)
-        src = src.astype(dtype)
+        out = _bilinear(src.astype(dtype), sx, sy, border)
     else:
-        dtype = _float_dtype(flow)
-    sx, sy = _sample_points(flow, dtype)
-    inside = _inside(sx, sy, h, w)
-    # Keep far-out points finite and small before floor()/int casts.
-    sx = jnp.clip(sx, -2.0, w + 1.0)
-    sy = jnp.clip(sy, -2.0, h + 1.0)
-    if border == "clamp":
-        sx = jnp.clip(sx, 0.0, w - 1.0)
-        sy = jnp.clip(sy, 0.0, h - 1.0)
-
-    if mode == "nearest":
-        xi = jnp.floor(sx + 0.5).astype(jnp.int32)
-        yi = jnp.floor(sy + 0.5).astype(jnp.int32)
-        ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        vals = _gather(src, jnp.clip(xi, 0, w - 1), jnp.clip(yi, 0, h - 1))
-        out = jnp.where(ok[..., None], vals, jnp.zeros((), src.dtype))
-    else:
-        x0f = jnp.floor(sx)
-        y0f = jnp.floor(sy)
-        fx = sx - x0f
-        fy = sy - y0f
-        # One gather over the 4 corners (stacked on a leading axis).
-        cx = x0f.astype(jnp.int32)[None] + jnp.array([0, 1, 0, 1], jnp.int32)[:, None, None, None]
-        cy = y0f.astype(jnp.int32)[None] + jnp.array([0, 0, 1, 1], jnp.int32)[:, None, None, None]
-        wx = jnp.stack([1.0 - fx, fx, 1.0 - fx, fx])
-        wy = jnp.stack([1.0 - fy, 1.0 - fy, fy, fy])
-        # With 'clamp' a corner can only be outside when its weight is exactly 0.
-        ok = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-        wc = jnp.where(ok, wx * wy, 0.0)[..., None]  # (4, B, H, W, 1)
-        b = src.shape[0]
-        batch = jnp.arange(b, dtype=jnp.int32)[None, :, None, None]
-        idx = (batch * h + jnp.clip(cy, 0, h - 1)) * w + jnp.clip(cx, 0, w - 1)
-        vals = src.reshape(b * h * w, -1)[idx.reshape(-1)].reshape(*idx.shape, src.shape[-1])
-        out = jnp.sum(wc * vals, axis=0)
+        out = _nearest(src, sx, sy, border)
     if return_inside:
-        return out, inside
+        return out, _inside_points(sx, sy, h, w)
     return out
 
 
