@@ -20,7 +20,11 @@ from ml_collections import config_flags
 from jaxsurg.config import flatten_keys
 from jaxsurg.train import mesh as mesh_lib
 
-METHODS = {"unet11": "jaxsurg.methods.unet11", "laparoflow": "jaxsurg.methods.laparoflow"}
+METHODS = {
+    "unet11": "jaxsurg.methods.unet11",
+    "laparoflow": "jaxsurg.methods.laparoflow",
+    "dual_motion": "jaxsurg.methods.dual_motion",
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to configs/<method>.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation.")

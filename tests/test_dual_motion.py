@@ -1,0 +1,268 @@
+"""Dual Motion Flow: the generated-dataset format, joint propagation on a scene with known
+motion, the rebuilt sequence for Dual MF★, and a tiny end-to-end run of every stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxsurg.data import generated, pipeline
+from jaxsurg.methods import dual_motion as dm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _records(n: int, h: int = 12, w: int = 16, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        dict(
+            image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            mask=rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(h, w)),
+            video_id=i % 2, position=i + 0.5 * (i % 2), source=generated.SOURCES[i % 3], k=i % 4,
+        )
+        for i in range(n)
+    ]
+
+
+# ----------------------------------------------------------------------------- generated.py
+
+
+def test_generated_round_trip_over_several_shards(tmp_path):
+    recs = _records(5)
+    path = str(tmp_path / "ds")
+    assert generated.write_dataset(path, recs, shard_size=2, info={"note": "x"}) == 5
+    assert sorted(f for f in os.listdir(path) if f.endswith(".npz")) == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
+    ds = generated.GeneratedDataset(path)
+    assert len(ds) == 5 and ds.meta["info"] == {"note": "x"}
+    assert ds.meta["sources"] == {"raw": 2, "propagated": 2, "compensated": 1}
+    for i, r in enumerate(recs):
+        got = ds[i]
+        assert got["image"].dtype == np.uint8 and got["image"].shape == (12, 16, 3)
+        np.testing.assert_array_equal(got["image"], r["image"])  # PNG is lossless, RGB order kept
+        np.testing.assert_array_equal(got["mask"], r["mask"])  # 255 = ignore survives
+        assert (got["video_id"], got["position"], got["source"], got["k"]) == (r["video_id"], r["position"], r["source"], r["k"])
+    np.testing.assert_array_equal(ds[-1]["image"], recs[-1]["image"])
+    np.testing.assert_allclose(ds.position, [r["position"] for r in recs])
+    assert list(ds.source) == [r["source"] for r in recs]
+    with pytest.raises(IndexError, match="out of range"):
+        ds[5]
+
+
+def test_generated_examples_feed_the_grain_pipeline(tmp_path):
+    recs = _records(4, h=20, w=24)
+    ds = generated.GeneratedDataset(str(tmp_path / "ds")) if generated.write_dataset(str(tmp_path / "ds"), recs) else None
+    clips = generated.FrameExamples([[(ds, 0), (ds, 1)], [(ds, 2), (ds, 3)]])
+    assert clips[1]["image"].shape == (2, 20, 24, 3) and clips[1]["mask"].shape == (2, 20, 24)
+    np.testing.assert_array_equal(clips[1]["mask"][1], recs[3]["mask"])
+    frames = generated.FrameExamples([[(ds, i)] for i in range(4)])
+    augment = pipeline.Augment(resize=None, crop=(16, 16), hflip=False)
+    batch = next(pipeline.local_batches(frames, augment, seed=0, per_process_batch=2, num_threads=1))
+    assert batch["image"].shape == (2, 16, 16, 3) and batch["mask"].shape == (2, 16, 16)
+    # every batch image is a 16×16 crop of one of the records, with its own mask
+    for img, msk in zip(batch["image"], batch["mask"]):
+        found = [
+            (y, x) for r in recs for y in range(5) for x in range(9)
+            if np.array_equal(r["image"][y : y + 16, x : x + 16], img) and np.array_equal(r["mask"][y : y + 16, x : x + 16], msk)
+        ]
+        assert found
+
+
+def test_interrupted_write_leaves_no_complete_dataset(tmp_path):
+    path = str(tmp_path / "ds")
+    recs = _records(3)
+    with pytest.raises(RuntimeError, match="killed"):
+        with generated.GeneratedWriter(path, shard_size=1) as w:
+            for r in recs[:2]:
+                w.add(r["image"], r["mask"], video_id=0, position=0.0, source="raw")
+            raise RuntimeError("killed")
+    assert not os.path.exists(path) and not generated.is_complete(path)
+    assert os.listdir(tmp_path) == []  # the temporary directory is removed
+    # A process killed before close (no cleanup at all) leaves only a hidden temporary dir.
+    w = generated.GeneratedWriter(path, shard_size=1)
+    w.add(recs[0]["image"], recs[0]["mask"], video_id=0, position=0.0, source="raw")
+    assert not os.path.exists(path) and not generated.is_complete(path)
+    with pytest.raises(FileNotFoundError, match="no complete generated dataset"):
+        generated.GeneratedDataset(path)
+    w.close()
+    assert generated.is_complete(path) and len(generated.GeneratedDataset(path)) == 1
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def test_generated_bad_input_errors(tmp_path):
+    path = str(tmp_path / "ds")
+    img, msk = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    with generated.GeneratedWriter(path) as w:
+        with pytest.raises(ValueError, match="image must be uint8"):
+            w.add(img.astype(np.float32), msk, video_id=0, position=0, source="raw")
+        with pytest.raises(ValueError, match="image must be uint8"):
+            w.add(img[..., 0], msk, video_id=0, position=0, source="raw")
+        with pytest.raises(ValueError, match="mask must be uint8"):
+            w.add(img, msk[:4], video_id=0, position=0, source="raw")
+        with pytest.raises(ValueError, match="source must be one of"):
+            w.add(img, msk, video_id=0, position=0, source="interpolated")
+        w.add(img, msk, video_id=0, position=0, source="raw")
+        with pytest.raises(ValueError, match="differs from the dataset"):
+            w.add(np.zeros((8, 9, 3), np.uint8), np.zeros((8, 9), np.uint8), video_id=0, position=0, source="raw")
+    with pytest.raises(FileExistsError, match="already exists"):
+        generated.GeneratedWriter(path)
+    with pytest.raises(ValueError, match="shard_size"):
+        generated.GeneratedWriter(str(tmp_path / "other"), shard_size=0)
+    with pytest.raises(ValueError, match="closed"):
+        w.add(img, msk, video_id=0, position=0, source="raw")
+    assert generated.write_dataset(path, _records(2, 8, 8), overwrite=True) == 2
+    assert len(generated.GeneratedDataset(path)) == 2
+
+
+# ----------------------------------------------------------------------------- joint propagation
+
+
+V = np.array([2.0, 1.0])  # camera pan per frame, pixels: content moves by −V
+
+
+def _panning_sequence(num_frames=8, h=32, w=32, label_interval=5, seed=0) -> dm.TrainSequence:
+    """A camera panning over a textured canvas with two labelled rectangles; the exact
+    flow is −V everywhere (frame t → t + 1)."""
+    rng = np.random.default_rng(seed)
+    ch, cw = h + num_frames * 2, w + num_frames * 3
+    canvas = rng.integers(0, 256, (ch, cw, 3), dtype=np.uint8)
+    labels = np.zeros((ch, cw), np.uint8)
+    labels[10:30, 12:26] = 1
+    labels[26:40, 20:44] = 2
+    frames = np.stack([canvas[t * 1 : t * 1 + h, t * 2 : t * 2 + w] for t in range(num_frames)])
+    truth = np.stack([labels[t * 1 : t * 1 + h, t * 2 : t * 2 + w] for t in range(num_frames)])
+    labelled = np.arange(num_frames) % label_interval == 0
+    masks = np.where(labelled[:, None, None], truth, 255).astype(np.uint8)
+    fwd = np.broadcast_to(-V, (num_frames, h, w, 2)).astype(np.float32).copy()
+    bwd = -fwd
+    fwd[-1] = 0
+    bwd[0] = 0
+    n = np.arange(num_frames)
+    seq = dm.TrainSequence(frames, masks, labelled, np.zeros(num_frames, np.int64), n, fwd, bwd, np.zeros_like(n), np.full_like(n, num_frames - 1))
+    return seq, truth
+
+
+def test_propagation_plan_takes_the_nearest_labelled_frame():
+    seq, _ = _panning_sequence(label_interval=5)
+    assert dm.propagation_plan(seq, 2) == {1: (0, 1, 1), 2: (0, 1, 2), 3: (5, -1, 2), 4: (5, -1, 1), 6: (5, 1, 1), 7: (5, 1, 2)}
+    assert dm.propagation_plan(seq, 1) == {1: (0, 1, 1), 4: (5, -1, 1), 6: (5, 1, 1)}
+    seq4, _ = _panning_sequence(label_interval=4)  # frame 2 is 2 from frames 0 and 4: forward wins
+    assert dm.propagation_plan(seq4, 4)[2] == (0, 1, 2)
+    assert dm.propagation_plan(seq4, 4)[7] == (4, 1, 3)
+
+
+def test_history_repeats_edge_frames_with_zero_flow():
+    seq, _ = _panning_sequence()
+    frames, flows = dm.history(seq, 1, +1)  # rows −1 (outside → row 0), 0, 1
+    np.testing.assert_array_equal(frames, seq.frames[[0, 0, 1]])
+    np.testing.assert_array_equal(flows[0], 0)
+    np.testing.assert_array_equal(flows[1], seq.flow_fwd[0])
+    frames, flows = dm.history(seq, 5, -1)  # rows 7, 6, 5; backward flows 7→6, 6→5
+    np.testing.assert_array_equal(frames, seq.frames[[7, 6, 5]])
+    np.testing.assert_array_equal(flows, seq.flow_bwd[[7, 6]])
+
+
+@pytest.mark.parametrize("warp", ["forward", "backward"])
+def test_joint_propagation_with_the_true_flow_recovers_the_true_labels(warp):
+    seq, truth = _panning_sequence()
+    plan = dm.propagation_plan(seq, 2)
+    h, w = seq.frames.shape[1:3]
+
+    def true_motion(frames, flows, rows, directions):
+        # forward warp: the flow on the source grid, p → p + d; backward warp: on the target
+        # grid, pointing back at the source (the opposite flow)
+        sign = 1.0 if warp == "forward" else -1.0
+        return np.stack([np.broadcast_to(-V * d * sign, (h, w, 2)) for d in directions]).astype(np.float32)
+
+    pairs = dm.joint_propagation(seq, plan, true_motion, num_classes=3, warp=warp, batch_size=4)
+    assert sorted(pairs) == [1, 2, 3, 4, 6, 7]
+    for u, (image, label) in pairs.items():
+        j = plan[u][2]
+        if warp == "forward":  # the image border the chain could not fill is a hole (ignore)
+            covered = label != 255
+            assert covered.mean() >= (h - j * 1) * (w - j * 2) / (h * w) - 1e-6
+        else:  # clamped sampling fills the border with replicated pixels: check the interior
+            covered = np.zeros((h, w), bool)
+            covered[j : h - j, 2 * j : w - 2 * j] = True
+        np.testing.assert_array_equal(label[covered], truth[u][covered])
+        np.testing.assert_array_equal(image[covered], seq.frames[u][covered])  # the pair stays aligned
+        assert set(np.unique(label[covered])) == set(np.unique(truth[u][covered])) and (label[covered] > 0).any()
+
+
+def test_rebuilt_sequence_clips_never_cross_a_gap():
+    seq, _ = _panning_sequence()
+
+    class Fake:
+        def __init__(self, positions):
+            self.position = np.asarray(positions, float)
+            self.video_id = np.zeros(len(positions), int)
+
+        def __len__(self):
+            return len(self.position)
+
+    d_l = dm.LabelledFrames(seq)  # positions 0, 5
+    d_r = Fake([1, 2, 4, 6, 7])  # 3 unreachable
+    d_c = Fake([p + 0.5 for p in range(7) if p != 3])
+    (video,) = dm.rebuilt_sequence(d_l, [d_r, d_c])
+    assert [e[0] for e in video] == [0, 0.5, 1, 1.5, 2, 2.5, 4, 4.5, 5, 5.5, 6, 6.5, 7]
+    clips = dm.convlstm_clips([video], 5)
+    assert len(clips) == 2 + 3  # 0…2.5 (6 entries) gives 2 clips, 4…7 (7 entries) 3
+    assert clips[0][0] == (d_l, 0) and clips[0][1] == (d_c, 0)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _config(arg: str, tfds_dir: str):
+    spec = importlib.util.spec_from_file_location("dual_motion_config", os.path.join(ROOT, "configs", "dual_motion.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.tfds_dir = tfds_dir
+    return config
+
+
+def test_config_variants_and_bad_keys():
+    for variant in ("tiny", "default", "paper"):
+        c = _config(f"variant={variant}", "")
+        assert c.method == "dual_motion" and c.label_interval == 5
+        assert all(s % 64 == 0 for s in c.resize)
+    c = _config("variant=paper", "")
+    assert (c.flow_predictor.learning_rate, c.flow_predictor.batch_size) == (1e-4, 4)
+    assert (c.compensator.learning_rate, c.compensator.batch_size) == (2e-4, 2)
+    assert (c.compensator.lambda0, c.compensator.lambda_i, c.compensator.lambda1, c.compensator.lambda_p) == (1.0, 0.8, 2.0, 0.01)
+    with pytest.raises(KeyError, match="unknown config key"):
+        _config("variant=tiny,propagation=3", "")
+
+
+@pytest.mark.slow
+def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
+    w = str(tmp_path / "w")
+    config = _config("variant=tiny", str(tmp_path / "tfds"))
+    summary = dm.run(config, w)
+    resolved = json.load(open(os.path.join(w, "config.json")))
+    assert resolved["method"] == "dual_motion" and resolved["resize"] == [64, 64]
+    records = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+    assert {r["stage"] for r in records} == {"flow_predictor", "compensator", "segment"}
+    for stage in ("flow_predictor", "compensator", "segment"):
+        assert os.listdir(os.path.join(w, stage, "checkpoints")), stage
+    d_r = generated.GeneratedDataset(os.path.join(w, "propagate", "d_r"))
+    d_c = generated.GeneratedDataset(os.path.join(w, "compensator", "d_c"))
+    # tiny synthetic: 2 training clips of 8 frames, labels at 0 and 5 → 12 unlabelled frames,
+    # all within k = 2 of a label; D_C: 7 consecutive pairs per clip
+    assert len(d_r) == 12 and set(d_r.source) == {"propagated"} and set(d_r.k) == {1, 2}
+    assert len(d_c) == 14 and set(d_c.source) == {"compensated"}
+    assert np.all(d_c.position % 1 == 0.5)
+    assert d_r[0]["image"].shape == (64, 64, 3)
+    assert os.path.getsize(os.path.join(w, "propagate", "sequence.png")) > 0
+    s = json.load(open(os.path.join(w, "eval", "summary.json")))
+    assert s["method"] == "dual_motion" and s["optical_flow"]["backward"] == "dis"
+    assert s["train_sizes"] == {"D_L": 4, "D_R": 12, "D_C": 14, "examples": 30}
+    assert 0.0 <= s["iou_mean"] <= s["dice_mean"] <= 1.0 and s["num_frames"] == 8
+    # The same run again finds every stage complete: no new steps, the same evaluation.
+    again = dm.run(_config("variant=tiny", str(tmp_path / "tfds")), w)
+    assert len(open(os.path.join(w, "metrics.jsonl")).readlines()) == len(records)
+    assert again["iou_mean"] == summary["iou_mean"] and again["dice_mean"] == summary["dice_mean"]
