@@ -231,6 +231,27 @@ def local_batches(
     return iter(ds.to_iter_dataset(options))
 
 
+def global_batches(
+    examples: Sequence[dict[str, np.ndarray]],
+    transform: grain.transforms.RandomMap,
+    *,
+    seed: int,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    start_step: int = 0,
+    num_threads: int = 2,
+) -> Iterator[dict[str, jax.Array]]:
+    """Global batches of ``batch_size`` examples sharded over the mesh's ``data`` axis, for
+    steps ``start_step, start_step + 1, …`` (``local_batches`` on each process, assembled
+    with ``mesh.global_batch``)."""
+    local = local_batches(
+        examples, transform, seed=seed, start_step=start_step, num_threads=num_threads,
+        per_process_batch=mesh_lib.per_process_batch_size(batch_size, mesh),
+    )
+    for batch in local:
+        yield mesh_lib.global_batch(batch, mesh)
+
+
 def train_batches(config: Any, data: LoadedDataset, mesh: jax.sharding.Mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
     """Global training batches sharded over the mesh's ``data`` axis, from ``start_step``."""
     keys = tuple(config.batch_keys)
@@ -238,13 +259,10 @@ def train_batches(config: Any, data: LoadedDataset, mesh: jax.sharding.Mesh, sta
     if config.clip_length > 1:
         rows = clip_starts(data.train_index, rows, config.clip_length)
     examples = Frames(data.train_source, rows, config.task, keys, config.clip_length)
-    local = local_batches(
-        examples, augment_from_config(config), seed=config.seed,
-        per_process_batch=mesh_lib.per_process_batch_size(config.batch_size, mesh),
+    return global_batches(
+        examples, augment_from_config(config), seed=config.seed, batch_size=config.batch_size, mesh=mesh,
         start_step=start_step, num_threads=config.data_threads,
     )
-    for batch in local:
-        yield mesh_lib.global_batch(batch, mesh)
 
 
 def test_frames(config: Any, data: LoadedDataset) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

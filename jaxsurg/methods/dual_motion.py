@@ -216,12 +216,10 @@ def load_train_sequence(config: ml_collections.ConfigDict, data: pipeline.Loaded
 
 
 def _batches(examples, transform, config, batch_size: int, mesh, start: int):
-    local = pipeline.local_batches(
-        examples, transform, seed=config.seed, start_step=start, num_threads=config.data_threads,
-        per_process_batch=mesh_lib.per_process_batch_size(batch_size, mesh),
+    return pipeline.global_batches(
+        examples, transform, seed=config.seed, batch_size=batch_size, mesh=mesh, start_step=start,
+        num_threads=config.data_threads,
     )
-    for batch in local:
-        yield mesh_lib.global_batch(batch, mesh)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -278,12 +278,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Loa
         prepare = unlabelled.PretrainPrepare(tuple(p.resize), p.fov_threshold)
 
         def batches_from(start):
-            local = pipeline.local_batches(
-                frames, prepare, seed=config.seed, start_step=start, num_threads=config.data_threads,
-                per_process_batch=mesh_lib.per_process_batch_size(p.batch_size, mesh),
+            return pipeline.global_batches(
+                frames, prepare, seed=config.seed, batch_size=p.batch_size, mesh=mesh, start_step=start,
+                num_threads=config.data_threads,
             )
-            for batch in local:
-                yield mesh_lib.global_batch(batch, mesh)
 
         loop_cfg = loop.LoopConfig(
             stage="pretrain", total_steps=p.total_steps, log_every=p.log_every,
@@ -398,12 +396,10 @@ def finetune(config, workdir, data, backbone_vars, mesh):
     augment = pipeline.augment_from_config(config)
 
     def batches_from(start):
-        local = pipeline.local_batches(
-            examples, augment, seed=config.seed, start_step=start, num_threads=config.data_threads,
-            per_process_batch=mesh_lib.per_process_batch_size(config.batch_size, mesh),
+        return pipeline.global_batches(
+            examples, augment, seed=config.seed, batch_size=config.batch_size, mesh=mesh, start_step=start,
+            num_threads=config.data_threads,
         )
-        for batch in local:
-            yield mesh_lib.global_batch(batch, mesh)
 
     loop_cfg = loop.LoopConfig(
         stage="finetune", total_steps=config.total_steps, log_every=config.log_every,
@@ -456,12 +452,10 @@ def keypoint_stage(config, workdir, data, backbone_vars, mesh) -> dict[str, Any]
     transform = KeypointExample(tuple(k.image_size), k.sigma)
 
     def batches_from(start):
-        local = pipeline.local_batches(
-            examples, transform, seed=config.seed, start_step=start, num_threads=config.data_threads,
-            per_process_batch=mesh_lib.per_process_batch_size(k.batch_size, mesh),
+        return pipeline.global_batches(
+            examples, transform, seed=config.seed, batch_size=k.batch_size, mesh=mesh, start_step=start,
+            num_threads=config.data_threads,
         )
-        for batch in local:
-            yield mesh_lib.global_batch(batch, mesh)
 
     def loss_fn(logits, heat):
         loss = kp.keypoint_loss(logits, heat)
