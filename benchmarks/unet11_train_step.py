@@ -269,7 +269,7 @@ def run_jax(args, state_dict, turn, queue) -> None:
         peak, kind = stats["peak_bytes_in_use"], "device peak_bytes_in_use"
     queue.put({
         "framework": "jax", "version": jax.__version__, "device": str(device), "upsample": args.upsample,
-        "conv3x3": args.conv3x3,
+        "conv3x3": args.conv3x3, "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "params": sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state["params"])),
         "losses": losses, "times": times, "compile_s": compile_s,
         "peak_bytes": peak, "peak_kind": kind, "peak_rss_bytes": mem.peak,
@@ -386,6 +386,7 @@ def run_train_step(args) -> dict:
               f"  (> 1: JAX faster); by fastest step: {fastest:.2f}")
     print(f"params: {results['jax']['params']:,}; JAX compile {results['jax']['compile_s']:.1f} s; "
           f"peak MiB = {rows[0]['peak_kind']} during the steps; RSS MiB = peak resident set of the process")
+    print(f"JAX XLA_FLAGS: {results['jax']['xla_flags'] or '(none)'}")
     return summary
 
 
