@@ -126,6 +126,7 @@ def get_config(arg=None):
         layers=2,
         lr_convlstm=1e-4,
         lr_base=1e-5,
+        init_from="",  # WORKDIR of a finished Dual MF (or Single MF) run: start U-Net11 from its segment stage
     ))
     c.flow_predictor = ml_collections.ConfigDict(dict(
         total_steps=1000,

@@ -266,3 +266,19 @@ def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
     again = dm.run(_config("variant=tiny", str(tmp_path / "tfds")), w)
     assert len(open(os.path.join(w, "metrics.jsonl")).readlines()) == len(records)
     assert again["iou_mean"] == summary["iou_mean"] and again["dice_mean"] == summary["dice_mean"]
+    # Dual MF★ can start from this run's trained U-Net11 (config.convlstm.init_from).
+    import jax
+
+    from jaxsurg.models.convlstm import UNet11ConvLSTM
+    from jaxsurg.train import mesh as mesh_lib
+
+    mesh = mesh_lib.make_mesh()
+    loaded = dm.load_segment_params(config, w, 2, mesh)
+    star = jax.eval_shape(UNet11ConvLSTM(num_classes=1, num_filters=8, convlstm_layers=2).init,
+                          jax.random.PRNGKey(0), np.zeros((1, 5, 64, 64, 3), np.float32))["params"]
+    assert set(loaded) < set(star) and all("convlstm" in k for k in set(star) - set(loaded))
+    fresh = dm.unet11_method.build_model(config, 2).init(jax.random.PRNGKey(config.seed), np.zeros((1, 64, 64, 3), np.float32))["params"]
+    assert jax.tree.structure(fresh) == jax.tree.structure(loaded)
+    assert not np.allclose(fresh["final"]["kernel"], loaded["final"]["kernel"])  # trained, not a fresh init
+    with pytest.raises(ValueError, match="segment stage is at step 0"):
+        dm.load_segment_params(config, str(tmp_path / "empty"), 2, mesh)

@@ -83,7 +83,7 @@ from jaxsurg.ops.warp import (
     forward_warp,
     forward_warp_labels,
 )
-from jaxsurg.train import loop
+from jaxsurg.train import checkpoint, loop
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train.state import TrainState, adam_with_step_decay
 from jaxsurg.train.writers import write_json
@@ -728,6 +728,33 @@ def make_convlstm_step(model: UNet11ConvLSTM, tx, jaccard_weight: float, mesh):
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
 
+def load_segment_params(config, source_workdir: str, num_classes: int, mesh) -> dict[str, Any]:
+    """The U-Net11 params of another run's finished ``segment`` stage (Dual MF or Single MF).
+
+    Dual MF★ starts from them (``config.convlstm.init_from``): its U-Net11 layers share
+    U-Net11's parameter names, and the paper's learning rates (1e-4 for the new ConvLSTM,
+    1e-5 for "other network components") fine-tune a trained segmentation network.
+
+    Raises:
+      ValueError: ``source_workdir`` has no segment checkpoint, or one short of
+        ``config.total_steps``.
+    """
+    model = unet11_method.build_model(config, num_classes)
+    tx, _ = adam_with_step_decay(
+        config.learning_rate, weight_decay=config.weight_decay,
+        decay_factor=config.lr_decay_factor, decay_every=config.lr_decay_every,
+    )
+    manager = checkpoint.make_manager(source_workdir, "segment", every=config.checkpoint_every, keep=config.keep_checkpoints)
+    state, step = checkpoint.restore_latest(manager, unet11_method.init_state(config, model, tx, mesh))
+    manager.close()
+    if step < config.total_steps:
+        raise ValueError(
+            f"config.convlstm.init_from={source_workdir!r}: its segment stage is at step {step}, "
+            f"not {config.total_steps}; run Dual MF (config.segment='dual') there first"
+        )
+    return dict(jax.device_get(state.params))
+
+
 def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
     """Stage 4; returns (apply_fn for single frames or clips, params, training-set sizes)."""
     d_l = LabelledFrames(seq)
@@ -750,6 +777,8 @@ def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
             raise ValueError(f"the rebuilt sequence has no {cl.clip_length} consecutive entries for config.segment='dual_convlstm'")
         model = UNet11ConvLSTM(num_classes=1 if num_classes == 2 else num_classes, num_filters=config.model.num_filters, convlstm_layers=cl.layers)
         params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, cl.clip_length, h, w, 3)))["params"]
+        if cl.init_from:
+            params = {**params, **load_segment_params(config, cl.init_from, num_classes, mesh)}
         tx = optax.multi_transform({"convlstm": optax.adam(cl.lr_convlstm), "base": optax.adam(cl.lr_base)}, param_labels(params))
         state = jax.device_put(TrainState.create(params, tx), mesh_lib.replicated(mesh))
         step = make_convlstm_step(model, tx, config.model.jaccard_weight, mesh)
