@@ -728,6 +728,15 @@ def make_convlstm_step(model: UNet11ConvLSTM, tx, jaccard_weight: float, mesh):
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
 
+def segment_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Callable]:
+    """(tx, schedule) of the U-Net11 segment stage (Single and Dual MF): Adam with L2 weight
+    decay and a staircase learning rate, from ``config`` (REFERENCE.md, "U-Net11")."""
+    return adam_with_step_decay(
+        config.learning_rate, weight_decay=config.weight_decay,
+        decay_factor=config.lr_decay_factor, decay_every=config.lr_decay_every,
+    )
+
+
 def load_segment_params(config, source_workdir: str, num_classes: int, mesh) -> dict[str, Any]:
     """The U-Net11 params of another run's finished ``segment`` stage (Dual MF or Single MF).
 
@@ -735,15 +744,16 @@ def load_segment_params(config, source_workdir: str, num_classes: int, mesh) -> 
     U-Net11's parameter names, and the paper's learning rates (1e-4 for the new ConvLSTM,
     1e-5 for "other network components") fine-tune a trained segmentation network.
 
+    Returns:
+      U-Net11's params on the host (float32 arrays, the tree of ``UNet11.init``: ``encoder``,
+      ``center``, ``dec5`` … ``dec1``, ``final``), to merge over a ``UNet11ConvLSTM`` init.
+
     Raises:
       ValueError: ``source_workdir`` has no segment checkpoint, or one short of
         ``config.total_steps``.
     """
     model = unet11_method.build_model(config, num_classes)
-    tx, _ = adam_with_step_decay(
-        config.learning_rate, weight_decay=config.weight_decay,
-        decay_factor=config.lr_decay_factor, decay_every=config.lr_decay_every,
-    )
+    tx, _ = segment_optimizer(config)
     manager = checkpoint.make_manager(source_workdir, "segment", every=config.checkpoint_every, keep=config.keep_checkpoints)
     state, step = checkpoint.restore_latest(manager, unet11_method.init_state(config, model, tx, mesh))
     manager.close()
@@ -786,10 +796,7 @@ def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
     else:
         items = [[(d_l, i)] for i in range(len(d_l))] + [[(ds, i)] for ds in sets for i in range(len(ds))]
         model = unet11_method.build_model(config, num_classes)
-        tx, schedule = adam_with_step_decay(
-            config.learning_rate, weight_decay=config.weight_decay,
-            decay_factor=config.lr_decay_factor, decay_every=config.lr_decay_every,
-        )
+        tx, schedule = segment_optimizer(config)
         state = unet11_method.init_state(config, model, tx, mesh)
         step = unet11_method.make_train_step(model, tx, config.model.jaccard_weight, mesh)
     examples = generated.FrameExamples(items)
