@@ -52,6 +52,17 @@ def test_generated_round_trip_over_several_shards(tmp_path):
         ds[5]
 
 
+def test_reusable_checks_the_recorded_settings(tmp_path):
+    path = str(tmp_path / "d_r")
+    info = {"task": "binary", "num_classes": 2, "resize": (64, 64)}
+    assert not generated.reusable(path, info)  # nothing there yet
+    generated.write_dataset(path, _records(2), info=info)
+    assert generated.reusable(path, info)  # the tuple came back from JSON as a list
+    assert generated.reusable(path, {**info, "new_key": 1})  # keys it does not record are not compared
+    with pytest.raises(ValueError, match=r"d_r was generated with other settings \(num_classes: written with 2, this run wants 4, task: written with 'binary', this run wants 'parts'\)"):
+        generated.reusable(path, {**info, "task": "parts", "num_classes": 4})
+
+
 def test_generated_examples_feed_the_grain_pipeline(tmp_path):
     recs = _records(4, h=20, w=24)
     ds = generated.GeneratedDataset(str(tmp_path / "ds")) if generated.write_dataset(str(tmp_path / "ds"), recs) else None
@@ -266,6 +277,11 @@ def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
     again = dm.run(_config("variant=tiny", str(tmp_path / "tfds")), w)
     assert len(open(os.path.join(w, "metrics.jsonl")).readlines()) == len(records)
     assert again["iou_mean"] == summary["iou_mean"] and again["dice_mean"] == summary["dice_mean"]
+    # A workdir whose D_R holds binary labels refuses a parts run instead of training on them.
+    parts = _config("variant=tiny", str(tmp_path / "tfds"))
+    parts.task = "parts"
+    with pytest.raises(ValueError, match="task: written with 'binary', this run wants 'parts'"):
+        dm.run(parts, w)
     # Dual MF★ can start from this run's trained U-Net11 (config.convlstm.init_from).
     import jax
 

@@ -15,7 +15,8 @@ dataset small; masks as 8-bit grey PNGs (255 = ignore survives).
 Atomicity: ``GeneratedWriter`` writes into a hidden temporary sibling directory
 (``.<name>.tmp-<pid>``) and renames it to ``path`` only after every shard and
 ``meta.json`` are on disk, so an interrupted write never leaves a directory at ``path``;
-``is_complete(path)`` is then the test a restarted stage uses to skip its work.
+``is_complete(path)`` is then the test a restarted stage uses to skip its work, and
+``reusable(path, info)`` adds that the settings recorded in ``meta.json`` match the run's.
 ``GeneratedDataset(path)`` is a random-access ``Sequence[dict]`` (what
 ``grain.MapDataset.source`` and ``pipeline.local_batches`` consume);
 ``FrameExamples`` turns (dataset, index) items into examples with the leading time axis
@@ -56,6 +57,28 @@ def is_complete(path: str) -> bool:
             return json.load(f).get("format") == FORMAT
     except (OSError, ValueError):
         return False
+
+
+def reusable(path: str, info: dict[str, Any]) -> bool:
+    """Whether a stage may skip writing ``path``: True when a complete dataset is there and
+    was written with the settings ``info`` (compared on the keys its ``meta.json`` records,
+    after a JSON round trip, so tuples equal lists); False when there is none.
+
+    Raises:
+      ValueError: a complete dataset at ``path`` records a different value for a key of
+        ``info`` (e.g. a D_R of binary labels copied into a ``task=parts`` workdir); the
+        message names the path and each differing key with both values.
+    """
+    if not is_complete(path):
+        return False
+    with open(os.path.join(path, META), encoding="utf-8") as f:
+        stored = json.load(f).get("info", {})
+    wanted = json.loads(json.dumps(info))
+    diff = {k: (stored[k], v) for k, v in wanted.items() if k in stored and stored[k] != v}
+    if diff:
+        said = ", ".join(f"{k}: written with {a!r}, this run wants {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"{path} was generated with other settings ({said}); delete it, or use a fresh workdir, to regenerate it")
+    return True
 
 
 class GeneratedWriter:

@@ -491,20 +491,29 @@ def sequence_picture(seq: TrainSequence, d_r: dict[int, tuple[np.ndarray, np.nda
     return np.repeat(np.repeat(pic, scale, axis=0), scale, axis=1)
 
 
+def d_r_info(config, num_classes: int) -> dict[str, Any]:
+    """The settings a D_R (and the D_C built on it) depends on, recorded in its
+    ``meta.json`` and checked by ``generated.reusable`` when a stage would skip it."""
+    return {
+        "dataset": config.dataset, "task": config.task, "num_classes": num_classes, "resize": list(config.resize),
+        "label_interval": config.label_interval, "propagation_steps": config.propagation_steps, "warp": config.warp,
+    }
+
+
 def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classes: int) -> generated.GeneratedDataset:
     """Stage 2: writes D_R (``propagate/d_r``) and ``propagate/sequence.png``; skipped when
     D_R is complete."""
     out_dir = os.path.join(workdir, "propagate")
     path = os.path.join(out_dir, "d_r")
     pic_path = os.path.join(out_dir, "sequence.png")
-    if generated.is_complete(path) and os.path.exists(pic_path):
+    info = d_r_info(config, num_classes)
+    if generated.reusable(path, info) and os.path.exists(pic_path):
         return generated.GeneratedDataset(path)
     plan = propagation_plan(seq, config.propagation_steps)
     motion = make_motion_fn(g_model, jax.device_put(g_params))
     pairs = joint_propagation(seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch)
     if jax.process_index() == 0:
         if not generated.is_complete(path):
-            info = {"propagation_steps": config.propagation_steps, "warp": config.warp, "label_interval": config.label_interval}
             with generated.GeneratedWriter(path, overwrite=True, info=info) as w:
                 for u in sorted(pairs):
                     w.add(pairs[u][0], pairs[u][1], video_id=int(seq.video_id[u]), position=float(seq.position[u]), source="propagated", k=plan[u][2])
@@ -631,7 +640,8 @@ def generate_d_c(config, workdir, seq, d_r_pairs, model, params, num_classes: in
     """D_C (``compensator/d_c``): the compensated intermediate pair of every consecutive
     training pair whose first frame has a pair in the rebuilt sequence; skipped when complete."""
     path = os.path.join(workdir, "compensator", "d_c")
-    if generated.is_complete(path):
+    info = {**d_r_info(config, num_classes), "t": config.compensator.t}
+    if generated.reusable(path, info):
         return generated.GeneratedDataset(path)
     cc = config.compensator
 
@@ -656,7 +666,7 @@ def generate_d_c(config, workdir, seq, d_r_pairs, model, params, num_classes: in
         for b, f in enumerate(chunk):
             records.append(dict(image=img[b], mask=lab[b], video_id=int(seq.video_id[f]), position=float(seq.position[f]) + cc.t, source="compensated", k=0))
     if jax.process_index() == 0:
-        generated.write_dataset(path, records, overwrite=True, info={"t": cc.t, "warp": config.warp})
+        generated.write_dataset(path, records, overwrite=True, info=info)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
