@@ -112,6 +112,7 @@ def get_config(arg=None):
     c.warp = "forward"  # forward (paper: bilinear splatting) | backward (authors' code: sampling, border clamp)
     c.flow_method = "dis"  # host optical flow for F_{t→t−1} (dis | tvl1 | farneback); F_{t→t+1} is the dataset's
     c.vgg16_weights = "random"  # 'torchvision:/p/vgg16.pth' | 'hed:/p.h5' | 'random' (warns: not the paper's features)
+    c.motion = "learned"  # learned (G, the paper) | optical_flow (propagate with the stored optical flow: MFTAPNet-style ablation, no G)
     c.propagation_steps = 2  # k: steps of joint propagation from each labelled frame (paper: 1, 2, 4)
     c.generate_batch = 8  # chains / pairs per forward pass when generating D_R and D_C
     c.learning_rate = 1e-4

@@ -201,6 +201,13 @@ def test_joint_propagation_with_the_true_flow_recovers_the_true_labels(warp):
         np.testing.assert_array_equal(label[covered], truth[u][covered])
         np.testing.assert_array_equal(image[covered], seq.frames[u][covered])  # the pair stays aligned
         assert set(np.unique(label[covered])) == set(np.unique(truth[u][covered])) and (label[covered] > 0).any()
+    # config.motion='optical_flow' chains the sequence's stored flows (here exact), picked
+    # for the warp's grid: the same pairs as the true motion.
+    by_flow = dm.joint_propagation(seq, plan, dm.optical_flow_motion(seq, warp), num_classes=3, warp=warp, batch_size=4)
+    assert sorted(by_flow) == sorted(pairs)
+    for u in pairs:
+        np.testing.assert_array_equal(by_flow[u][0], pairs[u][0])
+        np.testing.assert_array_equal(by_flow[u][1], pairs[u][1])
 
 
 def test_rebuilt_sequence_clips_never_cross_a_gap():
@@ -298,3 +305,18 @@ def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
     assert not np.allclose(fresh["final"]["kernel"], loaded["final"]["kernel"])  # trained, not a fresh init
     with pytest.raises(ValueError, match="segment stage is at step 0"):
         dm.load_segment_params(config, str(tmp_path / "empty"), 2, mesh)
+
+
+@pytest.mark.slow
+def test_single_mf_by_optical_flow_skips_the_flow_predictor_and_compensator(tmp_path):
+    w = str(tmp_path / "w")
+    config = _config("variant=tiny,segment=single", str(tmp_path / "tfds"))
+    config.motion = "optical_flow"
+    s = dm.run(config, w)
+    assert sorted(os.listdir(w)) == ["config.json", "eval", "metrics.jsonl", "propagate", "segment", "tensorboard"]
+    assert {json.loads(line)["stage"] for line in open(os.path.join(w, "metrics.jsonl"))} == {"segment"}
+    assert s["motion"] == "optical_flow" and s["train_sizes"] == {"D_L": 4, "D_R": 12, "D_C": 0, "examples": 16}
+    assert generated.GeneratedDataset(os.path.join(w, "propagate", "d_r")).meta["info"]["motion"] == "optical_flow"
+    config.motion = "sideways"
+    with pytest.raises(ValueError, match=r"config.motion='sideways'; expected one of \('learned', 'optical_flow'\)"):
+        dm.run(config, str(tmp_path / "w2"))

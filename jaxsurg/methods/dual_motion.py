@@ -23,6 +23,9 @@ Stages, each resumable and each with its own outputs under ``WORKDIR/<stage>/``:
    frames farther than k from every labelled frame get no D_R pair. Written to
    ``propagate/d_r`` (``jaxsurg.data.generated``), with ``propagate/sequence.png`` (the
    rebuilt training sequence: raw frames / propagated frames / their labels, paper Fig. 3).
+   ``config.motion='optical_flow'`` chains the stored optical flow F_{p→p±1} instead of
+   G's motion (label propagation by optical flow, as MFTAPNet, the paper's ref. [10], does;
+   an ablation of G), and stage 1 is skipped.
 3. ``compensator``: the flow compensator (``FlowCompensator``, 5-stage U-Net) trained on
    consecutive training pairs (I0, I1) with F_{0→1} (the dataset's stored flow) and
    F_{1→0} (``flow.optical_flow(I1, I0, config.flow_method)`` on the host), Eq. (4)
@@ -32,7 +35,8 @@ Stages, each resumable and each with its own outputs under ``WORKDIR/<stage>/``:
    sequence — (I_f, L_f) for a labelled f, its D_R pair (Î_f, L̂_f) otherwise — the
    compensated pair (T(I_f, F̂_{0→t}), T(L_f, F̂_{0→t})) at position f + t (interpolation
    rate 1: N + M − 1 pairs when every frame has a pair). With a backward warp the refined
-   F̂_{t→0} is sampled instead (the flow on the target grid).
+   F̂_{t→0} is sampled instead (the flow on the target grid). Single MF
+   (``segment='single'``) does not use D_C and skips this stage.
 4. ``segment``: U-Net11 (``methods.unet11``) with the TernausNet loss on D_L ∪ D_R ∪ D_C
    (``config.segment='dual'``), D_L ∪ D_R (``'single'``, Single MF), or Dual MF★
    (``'dual_convlstm'``: ``UNet11ConvLSTM`` on clips of ``convlstm.clip_length`` = 5
@@ -92,6 +96,7 @@ from jaxsurg.weights.vgg16 import vgg16_input_convention, vgg16_params
 STAGES = ("flow_predictor", "propagate", "compensator", "segment", "eval")
 SEGMENT_MODES = ("dual", "single", "dual_convlstm")
 WARPS = ("forward", "backward")
+MOTIONS = ("learned", "optical_flow")
 G_MULTIPLE = 64  # MotionFlowPredictor needs H, W multiples of 64
 # The flow predictor's loss weights: the paper's Sec. 2.1 and the authors' code (REFERENCE.md).
 G_LOSS_WEIGHTS = {
@@ -110,7 +115,7 @@ def resolve(config: ml_collections.ConfigDict, data: pipeline.LoadedDataset) -> 
     because D_R and D_C do not exist yet). Returns a copy.
 
     Raises:
-      ValueError: unknown ``segment`` / ``warp`` / ``flow_predictor.weights``, ``resize`` not
+      ValueError: unknown ``segment`` / ``warp`` / ``motion`` / ``flow_predictor.weights``, ``resize`` not
         multiples of 64, ``image_size`` larger than ``resize`` or not multiples of 32,
         ``propagation_steps`` < 1.
     """
@@ -132,6 +137,8 @@ def resolve(config: ml_collections.ConfigDict, data: pipeline.LoadedDataset) -> 
         raise ValueError(f"config.segment={c.segment!r}; expected one of {SEGMENT_MODES}")
     if c.warp not in WARPS:
         raise ValueError(f"config.warp={c.warp!r}; expected one of {WARPS}")
+    if c.motion not in MOTIONS:
+        raise ValueError(f"config.motion={c.motion!r}; expected one of {MOTIONS}")
     if c.flow_predictor.weights not in G_LOSS_WEIGHTS:
         raise ValueError(f"config.flow_predictor.weights={c.flow_predictor.weights!r}; expected one of {tuple(G_LOSS_WEIGHTS)}")
     rh, rw = c.resize
@@ -408,6 +415,24 @@ def propagation_plan(seq: TrainSequence, k: int) -> dict[int, tuple[int, int, in
     return plan
 
 
+def optical_flow_motion(seq: TrainSequence, warp: str) -> Callable:
+    """The stored optical flow as the motion model of ``joint_propagation``
+    (``config.motion='optical_flow'``), float32 (B, H, W, 2) in pixels, for a step from row
+    p in direction d: on the source grid for a forward warp (F_{p→p+d}: ``seq.flow_fwd[p]``
+    for d = +1, ``seq.flow_bwd[p]`` for −1), on the target grid for a backward warp
+    (F_{p+d→p}: ``seq.flow_bwd[p + 1]`` for +1, ``seq.flow_fwd[p − 1]`` for −1). Frames
+    and history flows are unused."""
+
+    def motion(frames, flows, rows, directions):
+        if warp == "forward":
+            out = [seq.flow_fwd[r] if d > 0 else seq.flow_bwd[r] for r, d in zip(rows, directions)]
+        else:
+            out = [seq.flow_bwd[r + 1] if d > 0 else seq.flow_fwd[r - 1] for r, d in zip(rows, directions)]
+        return np.stack(out)
+
+    return motion
+
+
 def make_motion_fn(model: MotionFlowPredictor, params) -> Callable:
     """G as the motion model of ``joint_propagation``: (frames uint8 (B, 3, H, W, 3), flows
     (B, 2, H, W, 2), rows, directions) → F̂ (B, H, W, 2); rows and directions are unused (G
@@ -497,6 +522,7 @@ def d_r_info(config, num_classes: int) -> dict[str, Any]:
     return {
         "dataset": config.dataset, "task": config.task, "num_classes": num_classes, "resize": list(config.resize),
         "label_interval": config.label_interval, "propagation_steps": config.propagation_steps, "warp": config.warp,
+        "motion": config.motion,
     }
 
 
@@ -510,7 +536,7 @@ def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classe
     if generated.reusable(path, info) and os.path.exists(pic_path):
         return generated.GeneratedDataset(path)
     plan = propagation_plan(seq, config.propagation_steps)
-    motion = make_motion_fn(g_model, jax.device_put(g_params))
+    motion = optical_flow_motion(seq, config.warp) if config.motion == "optical_flow" else make_motion_fn(g_model, jax.device_put(g_params))
     pairs = joint_propagation(seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch)
     if jax.process_index() == 0:
         if not generated.is_complete(path):
@@ -811,7 +837,7 @@ def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
         step = unet11_method.make_train_step(model, tx, config.model.jaccard_weight, mesh)
     examples = generated.FrameExamples(items)
     state = loop.train(loop_cfg, workdir, state, step, lambda start: _batches(examples, augment, config, config.batch_size, mesh, start), schedule)
-    sizes = {"D_L": len(d_l), "D_R": len(d_r), "D_C": len(d_c) if config.segment != "single" else 0, "examples": len(examples)}
+    sizes = {"D_L": len(d_l), "D_R": len(d_r), "D_C": len(d_c) if d_c is not None else 0, "examples": len(examples)}
     return model, state.params, sizes
 
 
@@ -854,14 +880,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("dual motion: %d training frames, %d labelled", len(seq), int(seq.labelled.sum()))
 
     t = time.perf_counter()
-    g_model, g_params = train_flow_predictor(config, workdir, seq, mesh)
+    g_model, g_params = train_flow_predictor(config, workdir, seq, mesh) if config.motion == "learned" else (None, None)
     seconds["flow_predictor"] = time.perf_counter() - t
     t = time.perf_counter()
     d_r = propagate(config, workdir, seq, g_model, g_params, num_classes)
     seconds["propagate"] = time.perf_counter() - t
     t = time.perf_counter()
-    c_model, c_params = train_compensator(config, workdir, seq, mesh)
-    d_c = generate_d_c(config, workdir, seq, d_r_by_row(seq, d_r), c_model, c_params, num_classes)
+    d_c = None  # Single MF trains on D_L ∪ D_R only: no compensator
+    if config.segment != "single":
+        c_model, c_params = train_compensator(config, workdir, seq, mesh)
+        d_c = generate_d_c(config, workdir, seq, d_r_by_row(seq, d_r), c_model, c_params, num_classes)
     seconds["compensator"] = time.perf_counter() - t
     t = time.perf_counter()
     model, params, sizes = segment(config, workdir, seq, d_r, d_c, num_classes, mesh)
@@ -877,6 +905,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "split": data.split_info, "label_interval": config.label_interval, "train_sizes": sizes,
         "optical_flow": {"forward": f"stored by the {config.dataset} builder", "backward": config.flow_method},
         "warp": config.warp, "propagation_steps": config.propagation_steps, "vgg16_weights": config.vgg16_weights,
+        "motion": config.motion,
     }
     summary = evaluate.evaluate_segmentation(
         predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
