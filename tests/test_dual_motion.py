@@ -208,6 +208,9 @@ def test_joint_propagation_with_the_true_flow_recovers_the_true_labels(warp):
     for u in pairs:
         np.testing.assert_array_equal(by_flow[u][0], pairs[u][0])
         np.testing.assert_array_equal(by_flow[u][1], pairs[u][1])
+    # A padded chain's extra step from the video's edge rows stays inside the video.
+    edge = dm.optical_flow_motion(seq, warp)(None, None, np.array([len(seq) - 1, 0]), np.array([1, -1]))
+    assert edge.shape == (2, h, w, 2)
 
 
 def test_rebuilt_sequence_clips_never_cross_a_gap():

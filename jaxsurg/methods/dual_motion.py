@@ -420,14 +420,20 @@ def optical_flow_motion(seq: TrainSequence, warp: str) -> Callable:
     (``config.motion='optical_flow'``), float32 (B, H, W, 2) in pixels, for a step from row
     p in direction d: on the source grid for a forward warp (F_{p→p+d}: ``seq.flow_fwd[p]``
     for d = +1, ``seq.flow_bwd[p]`` for −1), on the target grid for a backward warp
-    (F_{p+d→p}: ``seq.flow_bwd[p + 1]`` for +1, ``seq.flow_fwd[p − 1]`` for −1). Frames
-    and history flows are unused."""
+    (F_{p+d→p}: ``seq.flow_bwd[p + 1]`` for +1, ``seq.flow_fwd[p − 1]`` for −1). The
+    target row p + d is clamped to the video's training part: ``joint_propagation`` steps a
+    chain that needs fewer steps than its batch's longest from the clamped edge row, and
+    discards those results, so they must only stay inside the video. Frames and history
+    flows are unused."""
 
     def motion(frames, flows, rows, directions):
-        if warp == "forward":
-            out = [seq.flow_fwd[r] if d > 0 else seq.flow_bwd[r] for r, d in zip(rows, directions)]
-        else:
-            out = [seq.flow_bwd[r + 1] if d > 0 else seq.flow_fwd[r - 1] for r, d in zip(rows, directions)]
+        out = []
+        for r, d in zip(rows, directions):
+            if warp == "forward":
+                out.append(seq.flow_fwd[r] if d > 0 else seq.flow_bwd[r])
+            else:
+                q = min(max(int(r) + int(d), int(seq.starts[r])), int(seq.ends[r]))
+                out.append(seq.flow_bwd[q] if d > 0 else seq.flow_fwd[q])
         return np.stack(out)
 
     return motion
