@@ -152,7 +152,8 @@ def _panning_sequence(num_frames=8, h=32, w=32, label_interval=5, seed=0) -> dm.
     fwd[-1] = 0
     bwd[0] = 0
     n = np.arange(num_frames)
-    seq = dm.TrainSequence(frames, masks, labelled, np.zeros(num_frames, np.int64), n, fwd, bwd, np.zeros_like(n), np.full_like(n, num_frames - 1))
+    seq = dm.TrainSequence(frames, masks, labelled, np.zeros(num_frames, np.int64), n, fwd, bwd, np.zeros_like(n), np.full_like(n, num_frames - 1),
+                           true_masks=truth)
     return seq, truth
 
 
@@ -211,6 +212,38 @@ def test_joint_propagation_with_the_true_flow_recovers_the_true_labels(warp):
     # A padded chain's extra step from the video's edge rows stays inside the video.
     edge = dm.optical_flow_motion(seq, warp)(None, None, np.array([len(seq) - 1, 0]), np.array([1, -1]))
     assert edge.shape == (2, h, w, 2)
+
+
+def test_propagation_quality_scores_d_r_against_the_held_back_labels():
+    seq, truth = _panning_sequence()
+    plan = dm.propagation_plan(seq, 2)
+    h, w = seq.frames.shape[1:3]
+    exact = lambda frames, flows, rows, directions: np.stack([np.broadcast_to(-V * d, (h, w, 2)) for d in directions]).astype(np.float32)
+    still = lambda frames, flows, rows, directions: np.zeros((len(rows), h, w, 2), np.float32)
+    # The exact motion recovers every held-back label (where it covers) and the frame itself.
+    q = dm.propagation_quality(seq, dm.joint_propagation(seq, plan, exact, num_classes=3, warp="forward", batch_size=4), plan, 3)
+    assert sorted(q) == ["all", "k=1", "k=2"] and q["all"]["frames"] == q["all"]["labelled_frames"] == 6
+    assert q["k=1"]["frames"] == 3 and q["all"]["label_iou"] == q["all"]["label_dice"] == 1.0
+    assert q["all"]["psnr_db"] > 100 and q["all"]["zero_motion_psnr_db"] < 20  # random texture, shifted
+    # Border holes: a k-step chain leaves the strips the pan uncovered (1 row and 2 columns per step).
+    assert q["k=1"]["coverage"] == pytest.approx((h - 1) * (w - 2) / (h * w))
+    # Copying L_l unchanged scores what the metric gives for it, on the covered pixels.
+    u, (l, _, k) = 3, plan[3]
+    covered = np.zeros((h, w), bool)
+    covered[k:, 2 * k :] = True  # from l = 5 back to 3, the top k rows and left 2k columns are holes
+    counts = dm.metrics.confusion_counts(seq.masks[l][None].astype(np.int32), np.where(covered, truth[u], 255)[None], 3)
+    expect = dm.metrics.frame_scores(counts)["dice"][0]
+    pairs = dm.joint_propagation(seq, {u: (l, -1, k)}, exact, num_classes=3, warp="forward", batch_size=1)
+    np.testing.assert_array_equal(pairs[u][1] != 255, covered)
+    assert dm.propagation_quality(seq, pairs, {u: (l, -1, k)}, 3)["all"]["zero_motion_dice"] == pytest.approx(expect)
+    assert expect < 0.95
+    # No motion at all is no better than copying the label.
+    q0 = dm.propagation_quality(seq, dm.joint_propagation(seq, plan, still, num_classes=3, warp="forward", batch_size=4), plan, 3)
+    assert q0["all"]["label_dice"] == pytest.approx(q0["all"]["zero_motion_dice"]) and q0["all"]["coverage"] == 1.0
+    # Frames without ground truth are counted but not scored.
+    seq.true_masks = np.full_like(truth, 255)
+    blind = dm.propagation_quality(seq, pairs, {u: (l, -1, k)}, 3)["all"]
+    assert blind["frames"] == 1 and blind["labelled_frames"] == 0 and blind["label_dice"] is None and blind["psnr_db"] > 100
 
 
 def test_rebuilt_sequence_clips_never_cross_a_gap():
@@ -283,10 +316,18 @@ def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
     assert s["method"] == "dual_motion" and s["optical_flow"]["backward"] == "dis"
     assert s["train_sizes"] == {"D_L": 4, "D_R": 12, "D_C": 14, "examples": 30}
     assert 0.0 <= s["iou_mean"] <= s["dice_mean"] <= 1.0 and s["num_frames"] == 8
-    # The same run again finds every stage complete: no new steps, the same evaluation.
+    # D_R scored against the synthetic ground truth the run held back (every frame has one)
+    quality_path = os.path.join(w, "propagate", "quality.json")
+    quality = json.load(open(quality_path))
+    assert s["d_r_quality"] == quality and quality["all"]["frames"] == quality["all"]["labelled_frames"] == 12
+    assert 0.0 <= quality["all"]["label_iou"] <= quality["all"]["label_dice"] <= 1.0 and 0.0 < quality["all"]["coverage"] <= 1.0
+    # The same run again finds every stage complete: no new steps, the same evaluation; a
+    # quality.json missing (a workdir from before it existed) is rebuilt from D_R on disk.
+    os.remove(quality_path)
     again = dm.run(_config("variant=tiny", str(tmp_path / "tfds")), w)
     assert len(open(os.path.join(w, "metrics.jsonl")).readlines()) == len(records)
     assert again["iou_mean"] == summary["iou_mean"] and again["dice_mean"] == summary["dice_mean"]
+    assert json.load(open(quality_path)) == quality  # the same uint8 pairs, read back from disk
     # A workdir whose D_R holds binary labels refuses a parts run instead of training on them.
     parts = _config("variant=tiny", str(tmp_path / "tfds"))
     parts.task = "parts"

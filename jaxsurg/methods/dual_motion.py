@@ -22,7 +22,10 @@ Stages, each resumable and each with its own outputs under ``WORKDIR/<stage>/``:
    ``label_interval``) the earlier labelled frame propagated forward wins. Unlabelled
    frames farther than k from every labelled frame get no D_R pair. Written to
    ``propagate/d_r`` (``jaxsurg.data.generated``), with ``propagate/sequence.png`` (the
-   rebuilt training sequence: raw frames / propagated frames / their labels, paper Fig. 3).
+   rebuilt training sequence: raw frames / propagated frames / their labels, paper Fig. 3)
+   and ``propagate/quality.json`` (``propagation_quality``: the propagated labels scored
+   against the ground truth the run holds back, per k, next to copying the labelled
+   frame's label unchanged; also in ``eval/summary.json`` as ``d_r_quality``).
    ``config.motion='optical_flow'`` chains the stored optical flow F_{p→p±1} instead of
    G's motion (label propagation by optical flow, as MFTAPNet, the paper's ref. [10], does;
    an ablation of G), and stage 1 is skipped.
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -68,7 +72,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxsurg import evaluate
+from jaxsurg import evaluate, metrics
 from jaxsurg.data import flow as flow_lib
 from jaxsurg.data import generated, pipeline, transforms
 from jaxsurg.losses import cross_entropy, ternaus_loss
@@ -173,6 +177,10 @@ class TrainSequence:
       flow_fwd: float32 (N, H, W, 2) F_{n→n+1} (the dataset's stored flow; 0 on a video's last frame).
       flow_bwd: float32 (N, H, W, 2) F_{n→n−1} (``optical_flow`` on the host; 0 on its first frame).
       starts, ends: int (N,) the first / last row of each frame's video.
+      true_masks: uint8 (N, H, W) the dataset's ground truth of every training frame (255
+        where it has none), held back from training: only ``propagation_quality`` reads it,
+        to score the propagated labels of frames whose labels the run pretends not to have.
+        None when unknown.
     """
 
     frames: np.ndarray
@@ -184,6 +192,7 @@ class TrainSequence:
     flow_bwd: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
+    true_masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -196,11 +205,13 @@ def load_train_sequence(config: ml_collections.ConfigDict, data: pipeline.Loaded
     size = tuple(config.resize)
     frames = pipeline.Frames(data.train_source, rows, config.task, ("image", "mask", "flow"))
     labelled_rows = set(int(r) for r in data.train_rows)
-    imgs, masks, fwd = [], [], []
+    has_label = data.train_index.has_label[rows]
+    imgs, masks, truth, fwd = [], [], [], []
     for i in range(len(frames)):
         ex = transforms.resize(frames[i], size)
         imgs.append(ex["image"][0])
-        masks.append(ex["mask"][0] if int(rows[i]) in labelled_rows else np.full(size, 255, np.uint8))
+        truth.append(ex["mask"][0] if has_label[i] else np.full(size, 255, np.uint8))
+        masks.append(truth[-1] if int(rows[i]) in labelled_rows else np.full(size, 255, np.uint8))
         fwd.append(ex["flow"][0].astype(np.float32))
     video_id = data.train_index.video_id[rows].astype(np.int64)
     n = len(rows)
@@ -219,7 +230,7 @@ def load_train_sequence(config: ml_collections.ConfigDict, data: pipeline.Loaded
         if i > starts[i]:
             flow_bwd[i] = flow_lib.optical_flow(frames_arr[i], frames_arr[i - 1], method=config.flow_method)
     labelled = np.array([int(r) in labelled_rows for r in rows])
-    return TrainSequence(frames_arr, np.stack(masks), labelled, video_id, position, flow_fwd, flow_bwd, starts, ends)
+    return TrainSequence(frames_arr, np.stack(masks), labelled, video_id, position, flow_fwd, flow_bwd, starts, ends, np.stack(truth))
 
 
 def _batches(examples, transform, config, batch_size: int, mesh, start: int):
@@ -497,6 +508,59 @@ def joint_propagation(
     return out
 
 
+def propagation_quality(
+    seq: TrainSequence, pairs: dict[int, tuple[np.ndarray, np.ndarray]], plan: dict[int, tuple[int, int, int]], num_classes: int
+) -> dict[str, dict[str, Any]]:
+    """How good D_R is: the propagated pairs scored against what the run held back.
+
+    For every pair (Î_u, L̂_u) of ``joint_propagation`` (propagated ``plan[u]`` = (l, d, k)
+    from labelled row l), grouped by the number of steps k ("k=1", "k=2", ...) and over
+    all ("all"):
+      - ``label_iou`` / ``label_dice``: per-frame IoU/Dice of L̂_u against the true label of
+        frame u (``seq.true_masks``, ``metrics.frame_scores``: binary or the mean over the
+        foreground classes present), over the pixels L̂_u covers; mean over the frames with
+        ground truth, None when none has any.
+      - ``zero_motion_iou`` / ``zero_motion_dice``: the same for L_l copied unchanged to
+        frame u, on the same pixels: the baseline a motion model has to beat.
+      - ``coverage``: the share of L̂_u's pixels that received a label (not 255), in [0, 1].
+      - ``psnr_db`` / ``zero_motion_psnr_db``: PSNR (dB, peak 255) of Î_u and of I_l
+        against the real frame I_u over the covered pixels; needs no ground truth.
+      - ``frames``: pairs in the group; ``labelled_frames``: those with ground truth.
+    """
+    truth = seq.true_masks if seq.true_masks is not None else np.full_like(seq.masks, metrics.IGNORE_INDEX)
+    scored = []
+    for u in sorted(pairs):
+        l, _, k = plan[u]
+        image, label = pairs[u]
+        covered = label != metrics.IGNORE_INDEX
+        target = np.where(covered, truth[u], metrics.IGNORE_INDEX)
+        guesses = np.stack([np.where(covered, label, 0), seq.masks[l]]).astype(np.int32)  # L̂_u, L_l
+        counts = jax.device_get(metrics.confusion_counts(guesses, np.stack([target, target]), num_classes))
+        s = metrics.frame_scores(counts)
+        real = seq.frames[u][covered].astype(np.float64)
+        psnr = lambda img: float(10 * np.log10(255.0**2 / max(np.mean((img[covered].astype(np.float64) - real) ** 2), 1e-10)))
+        scored.append({
+            "k": k, "has_truth": bool((target != metrics.IGNORE_INDEX).any()),
+            "label_iou": s["iou"][0], "label_dice": s["dice"][0], "zero_motion_iou": s["iou"][1], "zero_motion_dice": s["dice"][1],
+            "coverage": float(covered.mean()),
+            "psnr_db": psnr(image) if covered.any() else np.nan, "zero_motion_psnr_db": psnr(seq.frames[l]) if covered.any() else np.nan,
+        })
+
+    def aggregate(group: list[dict]) -> dict[str, Any]:
+        known = [r for r in group if r["has_truth"]]
+        out: dict[str, Any] = {"frames": len(group), "labelled_frames": len(known)}
+        for key in ("label_iou", "label_dice", "zero_motion_iou", "zero_motion_dice"):
+            out[key] = float(np.mean([r[key] for r in known])) if known else None
+        for key in ("coverage", "psnr_db", "zero_motion_psnr_db"):
+            values = [r[key] for r in group if not np.isnan(r[key])]
+            out[key] = float(np.mean(values)) if values else None
+        return out
+
+    out = {f"k={k}": aggregate([r for r in scored if r["k"] == k]) for k in sorted({r["k"] for r in scored})}
+    out["all"] = aggregate(scored)
+    return out
+
+
 def sequence_picture(seq: TrainSequence, d_r: dict[int, tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> np.ndarray:
     """Paper Fig. 3: the rebuilt training sequence for ``rows`` — raw frames (top),
     the frames trained on (raw where labelled, propagated Î elsewhere; black where no pair),
@@ -532,18 +596,28 @@ def d_r_info(config, num_classes: int) -> dict[str, Any]:
     }
 
 
+QUALITY = "quality.json"
+
+
 def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classes: int) -> generated.GeneratedDataset:
-    """Stage 2: writes D_R (``propagate/d_r``) and ``propagate/sequence.png``; skipped when
-    D_R is complete."""
+    """Stage 2: writes D_R (``propagate/d_r``), ``propagate/sequence.png`` and
+    ``propagate/quality.json``; skipped when D_R is complete and matches the config
+    (``generated.reusable``), writing only a missing ``quality.json`` from it."""
     out_dir = os.path.join(workdir, "propagate")
     path = os.path.join(out_dir, "d_r")
     pic_path = os.path.join(out_dir, "sequence.png")
+    quality_path = os.path.join(out_dir, QUALITY)
     info = d_r_info(config, num_classes)
-    if generated.reusable(path, info) and os.path.exists(pic_path):
-        return generated.GeneratedDataset(path)
     plan = propagation_plan(seq, config.propagation_steps)
+    if generated.reusable(path, info) and os.path.exists(pic_path):
+        d_r = generated.GeneratedDataset(path)
+        if not os.path.exists(quality_path) and jax.process_index() == 0:  # a D_R from before quality.json
+            write_json(quality_path, propagation_quality(seq, d_r_by_row(seq, d_r), plan, num_classes))
+        return d_r
     motion = optical_flow_motion(seq, config.warp) if config.motion == "optical_flow" else make_motion_fn(g_model, jax.device_put(g_params))
     pairs = joint_propagation(seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch)
+    quality = propagation_quality(seq, pairs, plan, num_classes)
+    logging.info("dual motion: D_R quality %s", quality["all"])
     if jax.process_index() == 0:
         if not generated.is_complete(path):
             with generated.GeneratedWriter(path, overwrite=True, info=info) as w:
@@ -553,6 +627,7 @@ def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classe
         rows = first[: min(len(first), 2 * config.label_interval + 1)]
         os.makedirs(out_dir, exist_ok=True)
         cv2.imwrite(pic_path, sequence_picture(seq, pairs, rows)[..., ::-1])
+        write_json(quality_path, quality)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -913,6 +988,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "warp": config.warp, "propagation_steps": config.propagation_steps, "vgg16_weights": config.vgg16_weights,
         "motion": config.motion,
     }
+    quality_path = os.path.join(workdir, "propagate", QUALITY)
+    if os.path.exists(quality_path):
+        with open(quality_path, encoding="utf-8") as f:
+            header["d_r_quality"] = json.load(f)
     summary = evaluate.evaluate_segmentation(
         predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
         class_names=data.class_names, out_dir=os.path.join(workdir, "eval"), header=header,
