@@ -333,6 +333,25 @@ def test_strided_conv_matches_torch_and_uses_sdcnet_init():
     assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.5 * bound
 
 
+def test_flow_predictor_zero_output_init_starts_at_the_flow_mean_and_trains():
+    frames, flows = _g_inputs(np.random.default_rng(7), b=2)
+    sdc = MotionFlowPredictor(base_features=4)
+    zero = MotionFlowPredictor(base_features=4, output_init="zero")
+    p_sdc = sdc.init(jax.random.PRNGKey(0), frames, flows)["params"]
+    p_zero = zero.init(jax.random.PRNGKey(0), frames, flows)["params"]
+    assert jax.tree.structure(p_sdc) == jax.tree.structure(p_zero)  # the same parameters, loadable both ways
+    np.testing.assert_array_equal(p_zero["conv1"]["kernel"], p_sdc["conv1"]["kernel"])  # only final_flow differs
+    assert not np.any(p_zero["final_flow"]["kernel"]) and not np.any(p_zero["final_flow"]["bias"])
+    start = zero.apply({"params": p_zero}, frames, flows)
+    np.testing.assert_allclose(start, np.broadcast_to(SDC_FLOW_MEAN, start.shape), rtol=1e-6)
+    assert float(jnp.abs(sdc.apply({"params": p_sdc}, frames, flows)).mean()) > 5.0  # SDC-Net's init: far from still
+    # Zeroed only at the output: the gradient still reaches every layer through final_flow.
+    g = jax.grad(lambda p: jnp.mean((zero.apply({"params": p}, frames, flows) - 1.0) ** 2))(p_zero)
+    assert float(jnp.abs(g["final_flow"]["kernel"]).max()) > 0
+    with pytest.raises(ValueError, match="output_init must be one of"):
+        MotionFlowPredictor(base_features=4, output_init="ones").init(jax.random.PRNGKey(0), frames, flows)
+
+
 def test_flow_predictor_shape_errors():
     model = MotionFlowPredictor(base_features=4)
     frames, flows = _g_inputs(np.random.default_rng(6), h=96, w=64)

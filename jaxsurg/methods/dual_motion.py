@@ -323,7 +323,8 @@ class TimeReverse(grain.transforms.RandomMap):
 
 
 def build_flow_predictor(config: ml_collections.ConfigDict) -> MotionFlowPredictor:
-    return MotionFlowPredictor(num_frames=3, base_features=config.flow_predictor.base_features)
+    fp = config.flow_predictor
+    return MotionFlowPredictor(num_frames=3, base_features=fp.base_features, output_init=fp.output_init)
 
 
 def make_flow_predictor_step(model, tx, config, vgg_model, vgg_params, mesh):

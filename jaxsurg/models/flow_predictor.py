@@ -30,6 +30,7 @@ Array = jax.Array
 # SDC-Net's dataset constants (its ``flow_mean`` / ``flow_std`` buffers, per component dx, dy).
 SDC_FLOW_MEAN = (-0.94427323, -1.23077035)
 SDC_FLOW_STD = (13.77204132, 7.47463894)
+OUTPUT_INITS = ("sdc", "zero")
 
 
 def _bias_uniform01(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
@@ -89,28 +90,37 @@ class MotionFlowPredictor(nn.Module):
       num_frames: T ≥ 2 (3 in Dual MF / SDC-Net).
       base_features: b, a multiple of 4 (32 = SDC-Net's widths 32 … 512 and 256 … 8).
       flow_mean, flow_std: (dx, dy) dataset constants in pixels, or None (per-example).
+      output_init: 'sdc' (SDC-Net's initialisation of ``final_flow``) or 'zero'.
       dtype: computation dtype; params float32.
 
     Params: ``conv1, conv2, conv3, conv3_1, conv4, conv4_1, conv5, conv5_1, conv6, conv6_1,
     deconv5 … deconv0, final_flow``, each {kernel (k, k, Cin, Cout), bias}: SDC-Net's names
     (its ``convN.0.weight`` / ``deconvN.1.0.weight`` → ``convN`` / ``deconvN``).
-    Initialisation as SDC-Net: Xavier-uniform kernels, U[0, 1) biases.
+    Initialisation as SDC-Net: Xavier-uniform kernels, U[0, 1) biases. With the U[0, 1)
+    biases and the ×3·std de-normalisation, a fresh G predicts flows of tens of pixels (about
+    30 px mean magnitude at 128×192 with b = 16 and SDC-Net's constants), which a short
+    training does not undo; ``output_init='zero'`` zero-initialises ``final_flow`` instead, so
+    training starts from F̂ = the flow mean (≈ 1.5 px with SDC-Net's constants; the mean of
+    the input flows with per-example statistics), i.e. near zero motion.
 
     Raises:
       ValueError: frames not (B, num_frames, H, W, 3), flows not (B, num_frames − 1, H, W, 2),
-        H or W not a multiple of 64, or a bad field.
+        H or W not a multiple of 64, or a bad field (``output_init`` not 'sdc' or 'zero').
     """
 
     num_frames: int = 3
     base_features: int = 32
     flow_mean: tuple[float, float] | None = SDC_FLOW_MEAN
     flow_std: tuple[float, float] | None = SDC_FLOW_STD
+    output_init: str = "sdc"
     dtype: Any = jnp.float32
 
     def _check(self, frames: Array, flows: Array) -> None:
         t = self.num_frames
         if t < 2:
             raise ValueError(f"num_frames must be >= 2, got {t}")
+        if self.output_init not in OUTPUT_INITS:
+            raise ValueError(f"output_init must be one of {OUTPUT_INITS}, got {self.output_init!r}")
         if self.base_features < 4 or self.base_features % 4:
             raise ValueError(f"base_features must be a positive multiple of 4, got {self.base_features}")
         if frames.ndim != 5 or frames.shape[1] != t or frames.shape[-1] != 3:
@@ -166,7 +176,11 @@ class MotionFlowPredictor(nn.Module):
         y = cat(c2, up(y, b, "deconv2"))
         y = cat(c1, up(y, b // 2, "deconv1"))
         y = cat(x, up(y, b // 4, "deconv0"))
-        out = _sdc_conv(2, 3, 1, dt, "final_flow")(y).astype(jnp.float32)
+        if self.output_init == "zero":
+            final = Conv2d(2, 3, dtype=dt, name="final_flow", kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+        else:
+            final = _sdc_conv(2, 3, 1, dt, "final_flow")
+        out = final(y).astype(jnp.float32)
         mean_out, std_out = mean, std
         if mean_out.ndim == 5:  # per-example statistics: (B, 1, 1, 1, 2) → (B, 1, 1, 2)
             mean_out, std_out = mean_out[:, 0], std_out[:, 0]
