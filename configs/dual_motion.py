@@ -134,7 +134,10 @@ def get_config(arg=None):
         batch_size=4,
         learning_rate=1e-4,
         base_features=32,  # SDC-Net widths 32 … 512
-        output_init="sdc",  # sdc: SDC-Net's init (a fresh G predicts ~30 px flows) | zero: final conv zeroed, G starts near zero motion
+        # zero: final conv zeroed, G starts near zero motion (ours) | sdc: SDC-Net's init, as the
+        # authors' code (a fresh G predicts ~30 px flows; after 60 steps its D_R is far worse
+        # than copying the labelled frame's label: propagate/quality.json)
+        output_init="zero",
         weights="paper",  # paper: 0.7 L1 + 0.2 perceptual + 0.1 smooth | code: 2 L1 + 1000 Gram + 0.2 smooth + 0.1 image gradient
         perceptual_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
         time_reverse_p=0.5,

@@ -10,7 +10,8 @@ Stages, each resumable and each with its own outputs under ``WORKDIR/<stage>/``:
    ``flow_predictor.weights='code'``: the authors' 2·L1 + 1000·Gram + 0.2·smooth +
    0.1·image-gradient). Time is reversed with probability ``time_reverse_p`` (0.5), so G
    also predicts backward motion. T = forward splatting (paper) or, with
-   ``config.warp='backward'``, backward sampling (the authors' code).
+   ``config.warp='backward'``, backward sampling (the authors' code). G's output layer
+   starts at zero (``flow_predictor.output_init``; 'sdc' = SDC-Net's initialisation).
 2. ``propagate`` (joint propagation, Eq. 2): from every labelled training frame l, G's
    motion is chained step by step in both directions for up to ``propagation_steps`` = k
    steps (the paper's k = 1, 2, 4), inside the video's training part:
