@@ -618,9 +618,9 @@ def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classe
         return d_r
     motion = optical_flow_motion(seq, config.warp) if config.motion == "optical_flow" else make_motion_fn(g_model, jax.device_put(g_params))
     pairs = joint_propagation(seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch)
-    quality = propagation_quality(seq, pairs, plan, num_classes)
-    logging.info("dual motion: D_R quality %s", quality["all"])
     if jax.process_index() == 0:
+        quality = propagation_quality(seq, pairs, plan, num_classes)
+        logging.info("dual motion: D_R quality %s", quality["all"])
         if not generated.is_complete(path):
             with generated.GeneratedWriter(path, overwrite=True, info=info) as w:
                 for u in sorted(pairs):
