@@ -528,6 +528,12 @@ def propagation_quality(
       - ``psnr_db`` / ``zero_motion_psnr_db``: PSNR (dB, peak 255) of Î_u and of I_l
         against the real frame I_u over the covered pixels; needs no ground truth.
       - ``frames``: pairs in the group; ``labelled_frames``: those with ground truth.
+
+    Not in the paper: a diagnostic of the D_R of Sec. 2.1 (Eq. 2), possible wherever the
+    sparse labels are simulated on a fully labelled video (the paper's own setting).
+
+    Raises:
+      KeyError: a row of ``pairs`` missing from ``plan``.
     """
     truth = seq.true_masks if seq.true_masks is not None else np.full_like(seq.masks, metrics.IGNORE_INDEX)
     scored = []
