@@ -3,6 +3,9 @@
 Values and both gradients of ``winograd_conv3x3`` / ``Conv2d(impl="winograd")`` are
 compared with ``torch.nn.functional.conv2d`` (padding 1) and its autograd; a NumPy
 direct-sum reference checks the Winograd transform matrices independently of torch.
+``bias_add`` (the bias of every layer, with its gradient computed as a dot) is checked
+against plain addition in both differentiation modes, and ``conv2d``'s bias gradient
+against PyTorch's.
 """
 
 import jax
@@ -125,3 +128,46 @@ def test_strided_conv2d_matches_torch(k, stride, h, w):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="stride-1"):
         conv2d(jnp.asarray(x), jnp.asarray(params["kernel"]), stride=stride, impl="winograd")
+
+
+def test_bias_add_value_gradients_and_forward_mode_match_plain_addition():
+    from jaxsurg.models.layers import bias_add
+
+    rng = np.random.default_rng(11)
+    y = jnp.asarray(rng.standard_normal((3, 5, 7, 6), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal((6,), dtype=np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 5, 7, 6), dtype=np.float32))
+    np.testing.assert_array_equal(bias_add(y, b), y + b)
+
+    def loss(f):
+        return lambda y, b: jnp.sum(jnp.tanh(f(y, b)) * w)
+
+    dy, db = jax.jit(jax.grad(loss(bias_add), argnums=(0, 1)))(y, b)
+    dy_ref, db_ref = jax.grad(loss(lambda y, b: y + b), argnums=(0, 1))(y, b)
+    np.testing.assert_allclose(dy, dy_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-5, atol=1e-5)
+    # the bias gradient is the sum of the output gradient over every leading axis (float64 check)
+    g = np.asarray(w, np.float64) * (1 - np.tanh(np.asarray(y + b, np.float64)) ** 2)
+    np.testing.assert_allclose(db, g.sum((0, 1, 2)), rtol=1e-5)
+    # forward mode (jvp) through the custom rule: d(y + b) = dy + db broadcast
+    ty, tb = jnp.ones_like(y), jnp.arange(6, dtype=jnp.float32)
+    out, tangent = jax.jvp(bias_add, (y, b), (ty, tb))
+    np.testing.assert_array_equal(out, y + b)
+    np.testing.assert_allclose(tangent, ty + tb, rtol=1e-6)
+
+
+def test_conv2d_bias_gradient_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 6, 5, 4), dtype=np.float32)
+    k = rng.standard_normal((3, 3, 4, 3), dtype=np.float32)
+    b = rng.standard_normal((3,), dtype=np.float32)
+    w = rng.standard_normal((2, 6, 5, 3), dtype=np.float32)
+    dx, dk, db = jax.grad(lambda x, k, b: jnp.sum(conv2d(x, k, b) * w), argnums=(0, 1, 2))(x, k, b)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    kt = torch.tensor(k.transpose(3, 2, 0, 1), requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    (torch.nn.functional.conv2d(xt, kt, bt, padding=1) * torch.tensor(w.transpose(0, 3, 1, 2))).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dk, kt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-5)
