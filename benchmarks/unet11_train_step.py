@@ -476,6 +476,10 @@ def run_train_step(args) -> dict:
     return summary
 
 
+# --mode value → the function that runs it (one run at the args' batch and size).
+MODES = {"train_step": run_train_step, "deconv": run_deconv, "layers": run_layers}
+
+
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     """'4x128x160,2x256x320' → [(4, 128, 160), (2, 256, 320)]; ValueError naming a bad entry."""
     sizes = []
@@ -492,7 +496,7 @@ def run_sizes(args) -> dict:
     runs = []
     for batch, height, width in parse_sizes(args.sizes):
         sub = argparse.Namespace(**{**vars(args), "batch": batch, "height": height, "width": width, "sizes": None})
-        runs.append({"deconv": run_deconv, "layers": run_layers, "train_step": run_train_step}[args.mode](sub))
+        runs.append(MODES[args.mode](sub))
     if args.mode == "train_step":
         print(f"\nsummary ({os.cpu_count()} CPU cores, conv3x3={args.conv3x3}, upsample={args.upsample})")
         print(f"{'batch×H×W':<14}{'JAX ex/s':>10}{'torch ex/s':>12}{'JAX/torch':>11}")
@@ -506,7 +510,7 @@ def run_sizes(args) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["train_step", "deconv", "layers"], default="train_step",
+    parser.add_argument("--mode", choices=list(MODES), default="train_step",
                         help="the whole train step (default), one transposed-conv layer, or each 3×3 conv alone")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=160)
@@ -534,7 +538,7 @@ def main(argv=None) -> dict:
     if args.sizes:
         result = run_sizes(args)
     else:
-        result = {"deconv": run_deconv, "layers": run_layers, "train_step": run_train_step}[args.mode](args)
+        result = MODES[args.mode](args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

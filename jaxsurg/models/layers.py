@@ -6,9 +6,10 @@ computation ``dtype`` (e.g. ``jnp.bfloat16`` on TPU) at use.
 ``ConvTranspose4x4s2`` is ``torch.nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2,
 padding=1)`` (the up-sampling of TernausNet's decoder blocks) written as ONE ordinary
 stride-1 2×2 convolution plus a phase interleave, with a hand-written exact backward (a
-stride-2 convolution for the input, the 2×2 convolution's weight gradient for the kernel). The textbook formulation (a convolution of the
-2×-dilated input, what ``jax.lax.conv_transpose`` and ``flax.linen.ConvTranspose`` do) has a
-backward pass that XLA:CPU runs 15–30× slower than PyTorch; nothing here dilates its input.
+stride-2 convolution for the input, the 2×2 convolution's weight gradient for the kernel).
+The textbook formulation (a convolution of the 2×-dilated input, what
+``jax.lax.conv_transpose`` and ``flax.linen.ConvTranspose`` do) has a backward pass that
+XLA:CPU runs 15–30× slower than PyTorch; nothing here dilates its input.
 See ``conv_transpose_4x4_s2`` for the derivation.
 
 ``bias_add`` (used by every layer here that has a bias) is ``y + bias`` with a bias gradient
@@ -179,6 +180,12 @@ def bias_add(y: Array, bias: Array) -> Array:
     U-Net11's layers (e.g. (4, 64, 80, 128): 3.4 ms → 0.5 ms on a 2-core CPU;
     ``benchmarks/README.md``). Forward mode (``jax.jvp``) works too. Summation order differs
     from ``sum``, so the gradient agrees to float rounding (~1e-6 relative).
+
+    Not from a paper: an implementation detail of every biased layer here (Conv2d, ConvReLU,
+    ConvTranspose4x4s2), equal to PyTorch's ``conv2d(..., bias)``.
+
+    Raises:
+      ValueError: ``bias`` does not broadcast against ``y``'s last axis (from the addition).
     """
     return y + bias
 
@@ -382,8 +389,8 @@ def conv_transpose_4x4_s2(x: Array, kernel: Array, bias: Array | None = None, *,
     convolution, the ordinary stride-2, padding-1 convolution of the output gradient with
     the same kernel; the kernel gradient is the weight gradient of the 2×2 phase
     convolution, the padded input against the output gradient regrouped into 2×2 blocks
-    (see ``_phase_bwd``). Neither needs input dilation,
-    which is what makes ``jax.lax.conv_transpose`` / ``flax.linen.ConvTranspose`` slow on
+    (see ``_phase_bwd``). Neither needs input dilation, which is what makes
+    ``jax.lax.conv_transpose`` / ``flax.linen.ConvTranspose`` slow on
     XLA:CPU (forward + backward 15× PyTorch's for a 2×112×112×128 → 64 layer, the phase
     form on par with PyTorch; ``benchmarks/README.md``). All results equal PyTorch's up to
     float rounding.
