@@ -1,16 +1,78 @@
 """Config helpers shared by ``configs/<method>.py``: the common keys, big_vision-style
 ``arg`` strings (``variant=tiny,dataset=cholecseg8k``) and strict key checking.
 
-Every config has at least the keys of ``base_config`` (DESIGN.md, "The command line").
+Every config has at least the keys of ``base_config``. Every stage that trains has a block
+with the same optimisation fields (``STAGE_FIELDS``, made by ``stage_block``); the method's
+main stage (U-Net11 ``train``, Laparoflow-SSL ``finetune``, Dual MF ``segment``) keeps its
+block at the top level of the config, so ``--config.total_steps`` is that stage's. Steps or
+epochs are resolved to steps once, by ``resolve_stage``.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
 from typing import Any, Callable
 
 import ml_collections
+
+# The optimisation fields of every training stage's block, with their defaults.
+STAGE_FIELDS = dict(
+    total_steps=1000,  # optimiser steps (replaced when epochs > 0)
+    epochs=0,  # > 0: total_steps = epochs × ceil(examples per epoch / batch_size)
+    batch_size=4,  # global batch
+    optimizer="adam",  # adam (L2 weight decay added to the gradient, as PyTorch) | adamw (decoupled)
+    learning_rate=1e-4,
+    lr_schedule="step",  # step (× lr_decay_factor every lr_decay_every steps; constant by default) | warmup_cosine
+    warmup_steps=0,  # warmup_cosine: linear warm-up steps from 0
+    weight_decay=0.0,
+    lr_decay_factor=1.0,
+    lr_decay_every=0,  # steps; 0 = constant learning rate
+    lr_decay_every_epochs=0,  # > 0 replaces lr_decay_every, in epochs
+    log_every=10,  # steps between metric records
+    checkpoint_every=200,  # steps between checkpoints (and one at the end)
+)
+
+
+def stage_block(extra: dict[str, Any] | None = None, **fields: Any) -> ml_collections.ConfigDict:
+    """A stage's config block: ``STAGE_FIELDS`` with ``fields`` set, plus the stage's own
+    ``extra`` keys (model sizes, loss weights, ...).
+
+    Raises:
+      KeyError: an optimisation field that ``STAGE_FIELDS`` does not have (the message lists
+        them), or an ``extra`` key that shadows one.
+    """
+    unknown = sorted(set(fields) - set(STAGE_FIELDS))
+    if unknown:
+        raise KeyError(f"unknown stage field(s) {unknown}; the fields of every stage block: {', '.join(STAGE_FIELDS)}")
+    clash = sorted(set(extra or {}) & set(STAGE_FIELDS))
+    if clash:
+        raise KeyError(f"stage extra key(s) {clash} shadow stage fields; set them as fields")
+    return ml_collections.ConfigDict({**STAGE_FIELDS, **fields, **(extra or {})})
+
+
+def resolve_stage(block: ml_collections.ConfigDict, examples_per_epoch: int) -> None:
+    """Resolves ``epochs`` and ``lr_decay_every_epochs`` of a stage block (or of the top level,
+    the main stage's) to steps, in place: one epoch = ceil(``examples_per_epoch`` /
+    ``batch_size``) steps.
+
+    Raises:
+      ValueError: a non-positive batch size, negative epochs, or ``examples_per_epoch`` < 1
+        where epochs are asked for.
+    """
+    if block.batch_size < 1 or block.epochs < 0 or block.lr_decay_every_epochs < 0:
+        raise ValueError(
+            f"batch_size={block.batch_size} must be >= 1 and epochs={block.epochs}, "
+            f"lr_decay_every_epochs={block.lr_decay_every_epochs} >= 0"
+        )
+    if (block.epochs > 0 or block.lr_decay_every_epochs > 0) and examples_per_epoch < 1:
+        raise ValueError(f"epochs are asked for but an epoch has {examples_per_epoch} examples")
+    steps_per_epoch = max(1, math.ceil(examples_per_epoch / block.batch_size))
+    if block.epochs > 0:
+        block.total_steps = block.epochs * steps_per_epoch
+    if block.lr_decay_every_epochs > 0:
+        block.lr_decay_every = block.lr_decay_every_epochs * steps_per_epoch
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -34,18 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict(
         dict(hflip=True, vflip=False, brightness=0.0, contrast=0.0, saturation=0.0, hue_degrees=0.0)
     )
-    # Optimisation.
-    c.total_steps = 1000
-    c.epochs = 0  # > 0: total_steps = epochs × ceil(labelled training frames / batch_size)
-    c.batch_size = 4
-    c.learning_rate = 1e-4
-    c.weight_decay = 0.0
-    c.lr_decay_factor = 1.0
-    c.lr_decay_every = 0  # steps; 0 = constant learning rate
-    c.lr_decay_every_epochs = 0  # > 0 overrides lr_decay_every in epochs
+    c.stages_from = ""  # WORKDIR of another run: its finished stages made with the same settings are reused
+    # The main stage's block (STAGE_FIELDS): U-Net11 train, Laparoflow-SSL finetune, Dual MF segment.
+    for k, v in STAGE_FIELDS.items():
+        c[k] = v
     # Bookkeeping.
-    c.log_every = 10
-    c.checkpoint_every = 200
     c.keep_checkpoints = 2
     c.eval_batch_size = 4
     c.num_overlays = 8

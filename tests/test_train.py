@@ -23,7 +23,7 @@ def _batch(step: int):
 def _setup(lr=0.1):
     mesh = mesh_lib.make_mesh()
     tx, schedule = adam_with_step_decay(lr, decay_factor=0.5, decay_every=4)
-    state = jax.device_put(TrainState.create({"w": jnp.zeros(3)}, tx), mesh_lib.replicated(mesh))
+    state = jax.device_put(TrainState.create({"w": jnp.zeros(3)}, tx, schedule=schedule), mesh_lib.replicated(mesh))
 
     @jax.jit
     def step(state, batch):
@@ -49,12 +49,12 @@ def _cfg(total, every=3):
 
 def test_restart_after_checkpoint_matches_uninterrupted_run(tmp_path):
     state, step, batches, sched = _setup()
-    full = loop.train(_cfg(30), str(tmp_path / "a"), state, step, batches, sched)
+    full = loop.train(_cfg(30), str(tmp_path / "a"), state, step, batches)
     # Interrupted: stop after 12 steps (a checkpoint at 12), then run the same job to 30.
     state, step, batches, sched = _setup()
-    loop.train(_cfg(12), str(tmp_path / "b"), state, step, batches, sched)
+    loop.train(_cfg(12), str(tmp_path / "b"), state, step, batches)
     state, step, batches, sched = _setup()
-    resumed = loop.train(_cfg(30), str(tmp_path / "b"), state, step, batches, sched)
+    resumed = loop.train(_cfg(30), str(tmp_path / "b"), state, step, batches)
     np.testing.assert_array_equal(np.asarray(full.params["w"]), np.asarray(resumed.params["w"]))
     assert int(resumed.step) == 30
     records = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
@@ -75,7 +75,7 @@ def test_non_finite_loss_stops_and_is_never_checkpointed(tmp_path):
             yield b
 
     with pytest.raises(FloatingPointError, match="step 5"):
-        loop.train(_cfg(10), str(tmp_path), state, step, poisoned, sched)
+        loop.train(_cfg(10), str(tmp_path), state, step, poisoned)
     ckpt_dir = tmp_path / "fit" / "checkpoints"
     steps = sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit())
     assert steps == [3]  # the step-6 checkpoint, after the NaN, was never written

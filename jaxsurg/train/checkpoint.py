@@ -1,7 +1,9 @@
 """Orbax checkpointing of a stage's train state: interval, number kept, resume from latest.
 
 Orbax writes each step into a temporary directory and renames it when complete, so an
-interrupted save never looks like a finished checkpoint.
+interrupted save never looks like a finished checkpoint. ``WORKDIR/<stage>/checkpoint_format.json``
+records ``FORMAT``, the layout of jaxsurg's train states; checkpoints of another format (or
+none: written before it was recorded) are refused with a message, never half-restored.
 """
 
 from __future__ import annotations
@@ -9,8 +11,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import json
+
 import jax
 import orbax.checkpoint as ocp
+
+# 2: train states carry their optimiser (TrainState.apply_gradients), every optimiser has a
+# learning-rate schedule, and a stage may hold a dict of named train states.
+FORMAT = 2
+_FORMAT_FILE = "checkpoint_format.json"
 
 
 def checkpoint_dir(workdir: str, stage: str) -> str:
@@ -36,15 +45,52 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> tuple[Any, int
     Returns:
       (state, step): the restored state and its step, or ``(state, 0)`` unchanged when the
       directory holds no checkpoint yet.
+
+    Raises:
+      ValueError: the checkpoints are of another ``FORMAT``, or do not fit ``state`` (another
+        model size or optimiser); the message names the directory and the ways on.
     """
     step = manager.latest_step()
     if step is None:
         return state, 0
+    directory = str(manager.directory)
+    found = _read_format(directory)
+    if found != FORMAT:
+        raise ValueError(
+            f"{directory}: checkpoints of jaxsurg checkpoint format {found or '1 (unrecorded)'}, this jaxsurg reads "
+            f"format {FORMAT}; start a new --workdir (or delete {directory} to retrain the stage)"
+        )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{directory}: the checkpoint at step {step} does not fit this run's train state (another model "
+            f"size, optimiser or config made it); start a new --workdir or delete {directory}. ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
     return restored, int(step)
 
 
+def _format_path(directory: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(directory)), _FORMAT_FILE)
+
+
+def _read_format(directory: str) -> int | None:
+    try:
+        with open(_format_path(directory), encoding="utf-8") as f:
+            return int(json.load(f)["format"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves ``state`` at ``step`` if the interval says so (or ``force``); True if saved."""
+    """Saves ``state`` at ``step`` if the interval says so (or ``force``); True if saved.
+    The first save also records ``FORMAT`` beside the checkpoints (process 0)."""
+    path = _format_path(str(manager.directory))
+    if jax.process_index() == 0 and not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT}, f)
+        os.replace(tmp, path)
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)

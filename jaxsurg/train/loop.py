@@ -1,7 +1,7 @@
 """The training loop every stage shares: resume, steps, logging, checkpointing, progress.
 
-A stage supplies its jitted ``train_step(state, batch) -> (state, metrics)`` and a
-function giving the batch stream from a step on; the loop restores the latest checkpoint
+A stage supplies its jitted ``train_step(state, batch) -> (state, metrics)``
+(``jaxsurg.train.step``) and a function giving the batch stream from a step on; the loop restores the latest checkpoint
 of the stage, runs to ``total_steps``, logs to ``metrics.jsonl`` and TensorBoard, shows a
 progress bar with ETA, saves every ``checkpoint_every`` steps and at the end, and stops
 with ``FloatingPointError`` on a non-finite metric before anything non-finite is saved.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxsurg.train import checkpoint
+from jaxsurg.train.state import TrainState
 from jaxsurg.train.writers import MetricWriter
 
 TrainStep = Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
@@ -57,24 +59,37 @@ def _check_finite(records: list[dict[str, np.ndarray]], first_step: int, stage: 
             )
 
 
+def learning_rates(state: Any, step: int) -> dict[str, float]:
+    """The learning rates to log at ``step``: ``learning_rate`` for a ``TrainState`` with a
+    schedule, ``learning_rate/<name>`` for each of a dict of named states."""
+    if isinstance(state, TrainState):
+        lr = state.learning_rate(step)
+        return {} if lr is None else {"learning_rate": lr}
+    if isinstance(state, Mapping):
+        out = {}
+        for name, sub in state.items():
+            out.update({k.replace("learning_rate", f"learning_rate/{name}"): v for k, v in learning_rates(sub, step).items()})
+        return out
+    return {}
+
+
 def train(
     cfg: LoopConfig,
     workdir: str,
     state: Any,
     train_step: TrainStep,
     batches_from: Callable[[int], Iterator[dict[str, jax.Array]]],
-    learning_rate: Callable[[int], float] | None = None,
 ) -> Any:
     """Runs (or resumes) one stage to ``cfg.total_steps`` and returns the final state.
 
     Args:
       cfg: loop settings.
       workdir: the run's workdir.
-      state: a freshly initialised state (gives the structure and shardings to restore into).
+      state: a freshly initialised ``TrainState`` or dict of them (gives the structure and
+        shardings to restore into); the learning rates of their schedules are logged.
       train_step: jitted step; its metrics dict holds scalars (at least ``loss``).
       batches_from: ``batches_from(step)`` yields the global batches for steps
         ``step, step + 1, ...``.
-      learning_rate: optional schedule, logged as ``learning_rate``.
 
     Returns:
       The state after ``cfg.total_steps`` steps (restored as is when already complete).
@@ -104,10 +119,9 @@ def train(
                 elapsed = time.perf_counter() - window_time
                 scalars = {k: float(np.mean([r[k] for r in records])) for k in records[0]}
                 scalars["examples_per_sec"] = len(records) * cfg.examples_per_step / max(elapsed, 1e-9)
-                if learning_rate is not None:
-                    scalars["learning_rate"] = float(learning_rate(step))
+                scalars.update(learning_rates(state, step))
                 writer.write(done, scalars)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "learning_rate"})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if not k.startswith("learning_rate")})
                 pending, window_start, window_time = [], done, time.perf_counter()
             if save_now:
                 checkpoint.save(manager, done, state, force=done == cfg.total_steps)
