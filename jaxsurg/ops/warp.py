@@ -16,9 +16,8 @@ is the integer pixel centre, so ``x`` runs over ``0 … W−1`` and ``y`` over `
 
 Both are pure ``jnp`` and the public functions are ``jax.jit``-compiled (their keyword
 options and ``num_classes`` are static arguments; they also trace inside an outer jit),
-with no Python loops over pixels, differentiable with
-respect to ``src`` and ``flow`` (piecewise: the bilinear weights have kinks where a
-coordinate crosses an integer).
+with no Python loops over pixels, differentiable with respect to ``src`` and ``flow``
+(piecewise: the bilinear weights have kinks where a coordinate crosses an integer).
 """
 
 from __future__ import annotations
@@ -44,9 +43,7 @@ def _check_image_and_flow(src: jax.Array, flow: jax.Array, src_name: str = "src"
     if src.ndim != 4:
         raise ValueError(f"{src_name} must be a (B, H, W, C) array, got shape {tuple(src.shape)}")
     if flow.ndim != 4 or flow.shape[-1] != 2:
-        raise ValueError(
-            f"flow must be a (B, H, W, 2) array of (dx, dy), got shape {tuple(flow.shape)}"
-        )
+        raise ValueError(f"flow must be a (B, H, W, 2) array of (dx, dy), got shape {tuple(flow.shape)}")
     if tuple(flow.shape[:3]) != tuple(src.shape[:3]):
         raise ValueError(
             f"flow must have the batch and spatial shape of {src_name}: "
@@ -120,11 +117,7 @@ def _splat(values: jax.Array, flow: jax.Array) -> tuple[jax.Array, jax.Array]:
     inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
     wc = jnp.where(inside, wx * wy, 0.0).reshape(4, b * h * w, 1)
     idx = ((batch[None] * h + jnp.clip(cy, 0, h - 1)) * w + jnp.clip(cx, 0, w - 1)).reshape(-1)
-    out = (
-        jnp.zeros((b * h * w, c + 1), dtype)
-        .at[idx]
-        .add((payload * wc).reshape(4 * b * h * w, c + 1))
-    )
+    out = jnp.zeros((b * h * w, c + 1), dtype).at[idx].add((payload * wc).reshape(4 * b * h * w, c + 1))
     out = out.reshape(b, h, w, c + 1)
     return out[..., :c], out[..., c]
 
@@ -399,9 +392,7 @@ def _label_votes(labels: jax.Array, num_classes: int, ignore_index: int, dtype) 
     return jax.nn.one_hot(target, num_classes + 1, dtype=dtype)
 
 
-def _votes_to_labels(
-    votes: jax.Array, total: jax.Array, eps: float, ignore_index: int, dtype
-) -> jax.Array:
+def _votes_to_labels(votes: jax.Array, total: jax.Array, eps: float, ignore_index: int, dtype) -> jax.Array:
     """argmax over class and ignore votes; ignore where the winner is 'ignore' or ``total ≤ eps``."""
     k = votes.shape[-1] - 1
     winner = jnp.argmax(votes, axis=-1)
@@ -446,9 +437,7 @@ def forward_warp_labels(
     """
     _check_labels(labels, flow, num_classes, ignore_index)
     dtype = _float_dtype(flow)
-    votes, total = _splat(
-        _label_votes(labels, num_classes, ignore_index, dtype), flow.astype(dtype)
-    )
+    votes, total = _splat(_label_votes(labels, num_classes, ignore_index, dtype), flow.astype(dtype))
     return _votes_to_labels(votes, total, eps, ignore_index, labels.dtype)
 
 
@@ -498,10 +487,7 @@ def backward_warp_labels(
         return out.astype(labels.dtype)
     dtype = _float_dtype(flow)
     votes = backward_warp(
-        _label_votes(labels, num_classes, ignore_index, dtype),
-        flow.astype(dtype),
-        mode="bilinear",
-        border=border,
+        _label_votes(labels, num_classes, ignore_index, dtype), flow.astype(dtype), mode="bilinear", border=border
     )
     # Weight of corners outside the image ('zeros' border) votes for 'ignore'.
     missing = 1.0 - jnp.sum(votes, axis=-1)
