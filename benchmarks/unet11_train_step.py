@@ -113,11 +113,12 @@ def tune_malloc() -> bool:
 
 
 def make_batch(args) -> tuple[np.ndarray, np.ndarray]:
-    """Images in [0, 1] (B, H, W, 3) and int32 labels (B, H, W): discs, a 255 = ignore band."""
+    """uint8 images (B, H, W, 3), as the pipeline gives them, and uint8 labels (B, H, W):
+    discs, a 255 = ignore band."""
     rng = np.random.default_rng(0)
-    images = rng.random((args.batch, args.height, args.width, 3), dtype=np.float32)
+    images = rng.integers(0, 256, (args.batch, args.height, args.width, 3), dtype=np.uint8)
     yy, xx = np.mgrid[: args.height, : args.width]
-    labels = np.zeros((args.batch, args.height, args.width), np.int32)
+    labels = np.zeros((args.batch, args.height, args.width), np.uint8)
     for b in range(args.batch):
         cy, cx, r = rng.uniform(0.2, 0.8) * args.height, rng.uniform(0.2, 0.8) * args.width, args.height / 4
         labels[b] = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) * rng.integers(1, max(2, args.num_classes))
@@ -199,8 +200,8 @@ def run_torch(args, state_dict, turn, queue) -> None:
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(labels)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels.astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
@@ -226,13 +227,18 @@ def run_jax(args, state_dict, turn, queue) -> None:
         tune_malloc()
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from jaxsurg.losses import ternaus_loss
+    from jaxsurg.config import stage_block
+    from jaxsurg.methods import unet11 as unet11_method
     from jaxsurg.models import UNet11
     from jaxsurg.models.layers import conv3x3_impl
+    from jaxsurg.train import mesh as mesh_lib
+    from jaxsurg.train import step as step_lib
+    from jaxsurg.train.state import TrainState, make_optimizer
     from jaxsurg.weights import torch_convert
 
+    # The method's own step (methods.unet11.train_step, jitted as every stage is), with the
+    # same Adam as the torch side (lr 1e-4, no weight decay) from a stage block.
     model = UNet11(num_classes=args.num_classes, num_filters=args.num_filters, upsample=UPSAMPLE_IMPLS[args.upsample])
     images, labels = make_batch(args)
     shape = (1, args.height, args.width, 3)
@@ -241,28 +247,22 @@ def run_jax(args, state_dict, turn, queue) -> None:
     else:
         template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
         params = jax.device_put(torch_convert.load_unet11(state_dict, template))
-    tx = optax.adam(1e-4)
-    opt_state = tx.init(params)
-    x, y = jax.device_put(images), jax.device_put(labels)
-
-    def train_step(params, opt_state, x, y):
-        def loss_fn(p):
-            return ternaus_loss(model.apply({"params": p}, x), y, jaccard_weight=0.3)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    tx, schedule = make_optimizer(stage_block(learning_rate=1e-4))
+    state = step_lib.put_replicated(TrainState.create(params, tx, schedule=schedule), mesh)
+    batch = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh)) for k, v in {"image": images, "mask": labels}.items()}
 
     t = time.perf_counter()
     with conv3x3_impl(args.conv3x3):  # the formulation of the 3×3 convolutions, at trace time
-        compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()
+        jitted = step_lib.jit_step(unet11_method.train_step(model, jaccard_weight=0.3), mesh)
+        compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
-    state = {"params": params, "opt_state": opt_state}
+    holder = {"state": state}
 
     def step():
-        state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], x, y)
-        jax.block_until_ready((state["params"], state["opt_state"], loss))
-        return float(loss)
+        holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready((holder["state"], metrics))
+        return float(metrics["loss"])
 
     losses, times, mem = timed_steps(step, args, turn)
     device = jax.devices()[0]
@@ -273,7 +273,7 @@ def run_jax(args, state_dict, turn, queue) -> None:
     queue.put({
         "framework": "jax", "version": jax.__version__, "device": str(device), "upsample": args.upsample,
         "conv3x3": args.conv3x3, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "params": sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state["params"])),
+        "params": sum(int(np.prod(a.shape)) for a in jax.tree.leaves(holder["state"].params)),
         "losses": losses, "times": times, "compile_s": compile_s,
         "peak_bytes": peak, "peak_kind": kind, "peak_rss_bytes": mem.peak,
     })

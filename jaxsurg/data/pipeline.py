@@ -252,17 +252,13 @@ def global_batches(
         yield mesh_lib.global_batch(batch, mesh)
 
 
-def train_batches(config: Any, data: LoadedDataset, mesh: jax.sharding.Mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
-    """Global training batches sharded over the mesh's ``data`` axis, from ``start_step``."""
-    keys = tuple(config.batch_keys)
+def train_examples(config: Any, data: LoadedDataset) -> Frames:
+    """The labelled training frames (clips of ``config.clip_length`` where > 1) as examples
+    with ``config.batch_keys``, for ``jaxsurg.train.stage.train`` (which batches them)."""
     rows = data.train_rows
     if config.clip_length > 1:
         rows = clip_starts(data.train_index, rows, config.clip_length)
-    examples = Frames(data.train_source, rows, config.task, keys, config.clip_length)
-    return global_batches(
-        examples, augment_from_config(config), seed=config.seed, batch_size=config.batch_size, mesh=mesh,
-        start_step=start_step, num_threads=config.data_threads,
-    )
+    return Frames(data.train_source, rows, config.task, tuple(config.batch_keys), config.clip_length)
 
 
 def test_frames(config: Any, data: LoadedDataset) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

@@ -6,22 +6,21 @@ Stages: ``train`` (TernausNet loss on the labelled training frames, Adam) and ``
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from jaxsurg import evaluate
 from jaxsurg.data import pipeline
 from jaxsurg.losses import cross_entropy, ternaus_loss
 from jaxsurg.methods import common
 from jaxsurg.models import UNet11
-from jaxsurg.train import loop
 from jaxsurg.train import mesh as mesh_lib
-from jaxsurg.train.state import TrainState, adam_with_step_decay
+from jaxsurg.train import stage
+from jaxsurg.train import step as step_lib
+from jaxsurg.train.state import TrainState, make_optimizer
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> UNet11:
@@ -33,25 +32,30 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> UNet11:
     )
 
 
-def init_state(config: ml_collections.ConfigDict, model: UNet11, tx: optax.GradientTransformation, mesh) -> TrainState:
-    """Parameters from ``config.seed`` (and the optional VGG11 file), replicated on the mesh."""
+STAGES = (stage.StageSpec("train", stage.MAIN_STAGE + ("model", "image_size", "augment", "clip_length", "batch_keys")),)
+
+
+def init_state(config: ml_collections.ConfigDict, model: UNet11, mesh) -> TrainState:
+    """Parameters from ``config.seed`` (and the optional VGG11 file) with the optimiser of
+    the config's main-stage block, replicated on the mesh."""
     h, w = config.image_size
+    tx, schedule = make_optimizer(config)
 
     def init():
         params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, h, w, 3), jnp.float32))["params"]
-        return TrainState.create(params, tx)
+        return TrainState.create(params, tx, schedule=schedule)
 
     state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))()
     if config.model.pretrained_vgg11:
         from jaxsurg.weights import torch_convert
 
         params = torch_convert.load_vgg11_encoder(config.model.pretrained_vgg11, state.params)
-        state = jax.device_put(TrainState.create(params, tx), mesh_lib.replicated(mesh))
+        state = step_lib.put_replicated(TrainState.create(params, tx, schedule=schedule), mesh)
     return state
 
 
-def make_train_step(model: UNet11, tx: optax.GradientTransformation, jaccard_weight: float, mesh):
-    """The jitted, sharded step: batch split over ``data``, parameters replicated."""
+def train_step(model: UNet11, jaccard_weight: float):
+    """The U-Net11 step (unjitted): TernausNet loss on a batch of frames and masks."""
 
     def step(state: TrainState, batch: dict[str, jax.Array]):
         x = pipeline.images_to_float(batch["image"])
@@ -59,16 +63,17 @@ def make_train_step(model: UNet11, tx: optax.GradientTransformation, jaccard_wei
 
         def loss_fn(params):
             logits = model.apply({"params": params}, x)
-            return ternaus_loss(logits, labels, jaccard_weight=jaccard_weight), logits
+            return ternaus_loss(logits, labels, jaccard_weight=jaccard_weight), {"logits": logits}
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "cross_entropy": cross_entropy(logits, labels)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        state, loss, aux, _ = step_lib.gradient_step(state, loss_fn)
+        return state, {"loss": loss, "cross_entropy": cross_entropy(aux["logits"], labels)}
 
-    rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    return step
+
+
+def make_train_step(model: UNet11, jaccard_weight: float, mesh):
+    """The jitted, sharded step: batch split over ``data``, parameters replicated."""
+    return step_lib.jit_step(train_step(model, jaccard_weight), mesh)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -76,31 +81,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = mesh_lib.make_mesh()
     data = pipeline.load(config)
     config = common.resolve_config(config, len(data.train_rows))
+    stage.take_stages_from(config, workdir, STAGES)
     common.write_config(config, workdir)
     model = build_model(config, len(data.class_names))
-    tx, schedule = adam_with_step_decay(
-        config.learning_rate, weight_decay=config.weight_decay,
-        decay_factor=config.lr_decay_factor, decay_every=config.lr_decay_every,
-    )
-    state = init_state(config, model, tx, mesh)
-    loop_cfg = loop.LoopConfig(
-        stage="train", total_steps=config.total_steps, log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-        examples_per_step=config.batch_size,
-    )
-    t0 = time.perf_counter()
-    state = loop.train(
-        loop_cfg, workdir, state, make_train_step(model, tx, config.model.jaccard_weight, mesh),
-        lambda start: pipeline.train_batches(config, data, mesh, start), schedule,
-    )
-    train_seconds = time.perf_counter() - t0
+    seconds: dict[str, float] = {}
+    with stage.timed(seconds, "train"):
+        state = stage.train(
+            "train", config, config, workdir, init_state(config, model, mesh), make_train_step(model, config.model.jaccard_weight, mesh),
+            pipeline.train_examples(config, data), pipeline.augment_from_config(config), mesh,
+        )
     predict = evaluate.make_predictor(model.apply, {"params": state.params})
-    header = {
-        "method": config.method, "dataset": config.dataset, "task": config.task,
-        "split": data.split_info, "train_seconds": round(train_seconds, 3),
-    }
-    return evaluate.evaluate_segmentation(
-        predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
-        class_names=data.class_names, out_dir=f"{workdir}/eval", header=header,
-        batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
-    )
+    header = {"method": config.method, "dataset": config.dataset, "task": config.task, "split": data.split_info}
+    with stage.timed(seconds, "eval"):
+        summary = evaluate.evaluate_segmentation(
+            predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
+            class_names=data.class_names, out_dir=f"{workdir}/eval", header=header,
+            batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
+        )
+    return common.finish(summary, seconds, workdir)
