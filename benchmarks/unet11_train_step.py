@@ -2,8 +2,9 @@
 
 One step = forward, TernausNet loss ((1 − w)·CE − w·log(soft IoU), w = 0.3), backward and
 an Adam(1e-4) update, on the same batch, image size, initial weights and loss in both
-frameworks. JAX: ``jax.jit`` with donated params/optimiser state, timed to
-``block_until_ready``. PyTorch (CPU): the same network written here (``torch_model``),
+frameworks. JAX: the method's own step (``jaxsurg.methods.unet11.train_step``, jitted by
+``jaxsurg.train.step.jit_step`` with the state donated, on uint8 frames as the pipeline
+feeds them; it also reports the cross-entropy term), timed to ``block_until_ready``. PyTorch (CPU): the same network written here (``torch_model``),
 ``torch.optim.Adam``, ``torch.set_num_threads(os.cpu_count())``, timed to ``loss.item()``.
 
 Each framework runs in its own child process (so memory figures do not mix); after their
