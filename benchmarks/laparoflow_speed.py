@@ -7,7 +7,7 @@ devices JAX finds.
     python benchmarks/laparoflow_speed.py --skip-pretrain --height 540 --width 960
     python benchmarks/laparoflow_speed.py --out /tmp/lssl_speed.json
 
-Pretraining: one full step of ``jaxsurg.methods.laparoflow.make_pretrain_step`` (views cut
+Pretraining: one full step of ``jaxsurg.methods.laparoflow.pretrain.make_pretrain_step`` (views cut
 on the device, both views through SegFormer-B0, the flow-guided InfoNCE with 16 anchors per
 image, AdamW update) on random frames with a two-motion flow field. Inference: SegFormer-B0
 + the side-tune segmentation head (4 classes, the paper's Table 3 network), batch 1, class
@@ -55,6 +55,7 @@ def bench_pretrain(args) -> dict:
     import laparoflow as config_module  # configs/laparoflow.py
 
     from jaxsurg.methods import laparoflow
+    from jaxsurg.methods.laparoflow import pretrain
     from jaxsurg.train import mesh as mesh_lib
     from jaxsurg.train.state import TrainState
 
@@ -65,11 +66,11 @@ def bench_pretrain(args) -> dict:
     config.model.dtype = args.dtype
     config = laparoflow.resolve_task(config)
     mesh = mesh_lib.make_mesh()
-    model = laparoflow.build_backbone(config)
-    tx, _ = laparoflow.pretrain_optimizer(config.pretrain)
-    variables = laparoflow._init_variables(model, 0, (args.view, args.view))
+    model = pretrain.build_backbone(config)
+    tx, _ = pretrain.pretrain_optimizer(config.pretrain)
+    variables = pretrain._init_variables(model, 0, (args.view, args.view))
     state = jax.device_put(TrainState.create(variables["params"], tx, variables["batch_stats"]), mesh_lib.replicated(mesh))
-    step = laparoflow.make_pretrain_step(model, tx, config, 0.5, 2.0, mesh)
+    step = pretrain.make_pretrain_step(model, tx, config, 0.5, 2.0, mesh)
     h, w = int(args.view * 1.2), int(args.view * 1.6)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:h, :w]
@@ -97,12 +98,12 @@ def bench_pretrain(args) -> dict:
 
 
 def bench_inference(args) -> dict:
-    from jaxsurg.methods import laparoflow
-    from jaxsurg.models.heads import SideTuneSegmentationHead
+    from jaxsurg.methods.laparoflow import finetune, pretrain
+    from jaxsurg.methods.laparoflow.heads import SideTuneSegmentationHead
 
     config = ml_collections.ConfigDict({"model": {"variant": "b0", "out_dim": 256, "drop_path": 0.1, "dropout": 0.1, "dtype": args.dtype}})
-    model = laparoflow.BackboneWithHead(laparoflow.build_backbone(config), SideTuneSegmentationHead(num_classes=4), freeze_backbone=True)
-    variables = laparoflow._init_variables(model, 0, (64, 64))
+    model = finetune.BackboneWithHead(pretrain.build_backbone(config), SideTuneSegmentationHead(num_classes=4), freeze_backbone=True)
+    variables = pretrain._init_variables(model, 0, (64, 64))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False), axis=-1).astype(jnp.uint8))
     x = jax.device_put(jnp.asarray(np.random.default_rng(0).random((1, args.height, args.width, 3)), jnp.float32))

@@ -19,7 +19,7 @@ CPU), ``paper`` (the published settings, for accelerators; see REFERENCE.md).
 
 import ml_collections
 
-from jaxsurg.config import base_config, make_config
+from jaxsurg.config import base_config, make_config, stage_block
 
 
 def _tiny(c):
@@ -115,7 +115,7 @@ def get_config(arg=None):
     c.motion = "learned"  # learned (G, the paper) | optical_flow (propagate with the stored optical flow: MFTAPNet-style ablation, no G)
     c.propagation_steps = 2  # k: steps of joint propagation from each labelled frame (paper: 1, 2, 4)
     c.generate_batch = 8  # chains / pairs per forward pass when generating D_R and D_C
-    c.learning_rate = 1e-4
+    c.learning_rate = 1e-4  # the top-level stage fields are the segment stage's
     c.model = ml_collections.ConfigDict(dict(
         num_filters=32,  # U-Net11's nf
         jaccard_weight=0.3,  # TernausNet loss (1 − w)·CE − w·log(soft IoU)
@@ -129,43 +129,33 @@ def get_config(arg=None):
         lr_base=1e-5,
         init_from="",  # WORKDIR of a finished Dual MF (or Single MF) run: start U-Net11 from its segment stage
     ))
-    c.flow_predictor = ml_collections.ConfigDict(dict(
-        total_steps=1000,
-        batch_size=4,
-        learning_rate=1e-4,
-        base_features=32,  # SDC-Net widths 32 … 512
-        # zero: final conv zeroed, G starts near zero motion (ours) | sdc: SDC-Net's init, as the
-        # authors' code (a fresh G predicts ~30 px flows; after 60 steps its D_R is far worse
-        # than copying the labelled frame's label: propagate/quality.json)
-        output_init="zero",
-        weights="paper",  # paper: 0.7 L1 + 0.2 perceptual + 0.1 smooth | code: 2 L1 + 1000 Gram + 0.2 smooth + 0.1 image gradient
-        perceptual_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-        time_reverse_p=0.5,
-        epochs=0,  # > 0: total_steps = epochs × ceil(training frames / batch_size)
-        lr_decay_factor=1.0,
-        lr_decay_every=0,  # steps; 0 = constant
-        lr_decay_every_epochs=0,
-        log_every=10,
-        checkpoint_every=500,
-    ))
-    c.compensator = ml_collections.ConfigDict(dict(
-        total_steps=1000,
-        batch_size=2,
-        learning_rate=2e-4,
-        base_features=32,
-        t=0.5,  # intermediate time i of Eq. (4)
-        lambda0=1.0,
-        lambda_i=0.8,
-        lambda1=2.0,
-        lambda_p=0.01,
-        perceptual_layers=("relu4_3",),
-        perceptual_distance="l1",
-        use_coverage=False,  # L1 terms only over pixels the whole chain of warps covered
-        epochs=0,
-        lr_decay_factor=1.0,
-        lr_decay_every=0,
-        lr_decay_every_epochs=0,
-        log_every=10,
-        checkpoint_every=500,
-    ))
+    c.flow_predictor = stage_block(
+        dict(
+            base_features=32,  # SDC-Net widths 32 … 512
+            # zero: final conv zeroed, G starts near zero motion (ours) | sdc: SDC-Net's init, as the
+            # authors' code (a fresh G predicts ~30 px flows; after 60 steps its D_R is far worse
+            # than copying the labelled frame's label: propagate/quality.json)
+            output_init="zero",
+            weights="paper",  # paper: 0.7 L1 + 0.2 perceptual + 0.1 smooth | code: 2 L1 + 1000 Gram + 0.2 smooth + 0.1 image gradient
+            perceptual_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+            time_reverse_p=0.5,
+        ),
+        # An epoch of G (epochs > 0) is the number of training frames.
+        total_steps=1000, batch_size=4, learning_rate=1e-4, log_every=10, checkpoint_every=500,
+    )
+    c.compensator = stage_block(
+        dict(
+            base_features=32,
+            t=0.5,  # intermediate time i of Eq. (4)
+            lambda0=1.0,
+            lambda_i=0.8,
+            lambda1=2.0,
+            lambda_p=0.01,
+            perceptual_layers=("relu4_3",),
+            perceptual_distance="l1",
+            use_coverage=False,  # L1 terms only over pixels the whole chain of warps covered
+        ),
+        # An epoch of the compensator (epochs > 0) is the number of training frames.
+        total_steps=1000, batch_size=2, learning_rate=2e-4, log_every=10, checkpoint_every=500,
+    )
     return make_config(arg, c, VARIANTS)

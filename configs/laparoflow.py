@@ -20,7 +20,7 @@ Variants: ``tiny`` (CI smoke test), ``default`` (at most 15 minutes on a 2-core 
 
 import ml_collections
 
-from jaxsurg.config import base_config, make_config
+from jaxsurg.config import base_config, make_config, stage_block
 
 
 def _tiny(c):
@@ -42,6 +42,8 @@ def _tiny(c):
     c.keypoints.batch_size = 2
     c.keypoints.num_labelled = 4
     c.keypoints.image_size = (32, 32)
+    c.keypoints.log_every = 1
+    c.keypoints.checkpoint_every = 2
 
 
 def _default(c):
@@ -59,6 +61,8 @@ def _default(c):
     c.pretrain.log_every = 20
     c.pretrain.checkpoint_every = 120
     c.keypoints.total_steps = 150
+    c.keypoints.log_every = 20
+    c.keypoints.checkpoint_every = 100
 
 
 def _paper(c):
@@ -83,6 +87,8 @@ def _paper(c):
     c.keypoints.total_steps = 20_000
     c.keypoints.num_labelled = 64
     c.keypoints.image_size = (256, 256)
+    c.keypoints.log_every = 100
+    c.keypoints.checkpoint_every = 2000
     c.model.dtype = "bfloat16"
 
 
@@ -96,6 +102,7 @@ def get_config(arg=None):
     c.task = "auto"  # binary on synthetic, laparoflow4 on cholecseg8k
     c.baseline = ""  # "" = Laparoflow-SSL; "nossl" = same network, random init, all trained
     c.num_labelled = 16  # labelled training frames for fine-tuning, chosen by config.seed
+    # The top-level stage fields are the finetune stage's (Adam, constant learning rate).
     c.learning_rate = 1e-3
     c.augment.hflip = True
     c.model = ml_collections.ConfigDict(dict(
@@ -106,48 +113,45 @@ def get_config(arg=None):
         dtype="float32",  # computation dtype; bfloat16 on TPU
         pretrained_segformer="",  # optional Hugging Face SegFormer .safetensors / state_dict for the backbone
     ))
-    c.pretrain = ml_collections.ConfigDict(dict(
-        sources=("train",),  # "train" (training frames of config.dataset) and/or "video"
-        video_dir="",  # mp4 files / frame folders for the "video" source
-        video_builder_config="",  # surgical_video builder overrides, e.g. "fps=5,max_side=480"
-        from_workdir="",  # reuse the pretrained backbone of another run's WORKDIR
-        total_steps=1000,
-        batch_size=8,
-        resize=(128, 160),  # frames are resized to this (H, W) before the views are cut
-        view_size=(128, 128),  # (H, W) of both views (the paper: 256×256)
-        learning_rate=1e-3,
-        weight_decay=1e-4,
-        warmup_steps=50,
-        loss="flow",  # flow (paper, s^(2,3)) | flow_only (C.1, s^(1,1)) | view (C.2) | flow+view (C.3)
-        num_anchors=16,  # anchors per image
-        num_pairs=0,  # > 0: per anchor, this many positives and negatives drawn (unbiased); 0 = all pairs (exact)
-        min_flow=1 / 3,  # px; slower anchors are skipped
-        tau0=0.07,
-        negative_weight=10.0,
-        counterpart_weight=4.0,
-        tau_quantiles=(0.25, 0.75),  # τ_P, τ_N = these quantiles of the relative flow distances
-        tau_p=0.0,  # > 0 fixes τ_P instead of estimating it
-        tau_n=0.0,
-        quantile_frames=200,  # frames sampled to estimate τ_P, τ_N
-        radius_fraction=1 / 3,  # view-contrastive negatives lie beyond this fraction of the width
-        max_zoom=1.5,
-        rotate=True,
-        flip=True,
-        fov_threshold=12,  # brightness under which border-connected pixels are outside the endoscope
-        log_every=10,
-        checkpoint_every=500,
-        pca_frames=4,  # test frames in the PCA picture of the representations
-    ))
-    c.keypoints = ml_collections.ConfigDict(dict(
-        enabled=True,  # runs where the dataset has key points (synthetic)
-        total_steps=200,
-        batch_size=8,
-        num_labelled=16,
-        image_size=(128, 128),
-        learning_rate=1e-3,
-        sigma=3.0,  # px, Gaussian targets at the training resolution
-        threshold=0.5,
-        nms_radius=6,  # px
-        match_radius=20.0,  # px at 256×256 (Du et al. 2018)
-    ))
+    c.pretrain = stage_block(
+        dict(
+            sources=("train",),  # "train" (training frames of config.dataset) and/or "video"
+            video_dir="",  # mp4 files / frame folders for the "video" source
+            video_builder_config="",  # surgical_video builder overrides, e.g. "fps=5,max_side=480"
+            resize=(128, 160),  # frames are resized to this (H, W) before the views are cut
+            view_size=(128, 128),  # (H, W) of both views (the paper: 256×256)
+            loss="flow",  # flow (paper, s^(2,3)) | flow_only (C.1, s^(1,1)) | view (C.2) | flow+view (C.3)
+            num_anchors=16,  # anchors per image
+            num_pairs=0,  # > 0: per anchor, this many positives and negatives drawn (unbiased); 0 = all pairs (exact)
+            min_flow=1 / 3,  # px; slower anchors are skipped
+            tau0=0.07,
+            negative_weight=10.0,
+            counterpart_weight=4.0,
+            tau_quantiles=(0.25, 0.75),  # τ_P, τ_N = these quantiles of the relative flow distances
+            tau_p=0.0,  # > 0 fixes τ_P instead of estimating it
+            tau_n=0.0,
+            quantile_frames=200,  # frames sampled to estimate τ_P, τ_N
+            radius_fraction=1 / 3,  # view-contrastive negatives lie beyond this fraction of the width
+            max_zoom=1.5,
+            rotate=True,
+            flip=True,
+            fov_threshold=12,  # brightness under which border-connected pixels are outside the endoscope
+            pca_frames=4,  # test frames in the PCA picture of the representations
+        ),
+        # The paper gives no optimiser: SegFormer's AdamW with warm-up and cosine decay.
+        total_steps=1000, batch_size=8, optimizer="adamw", lr_schedule="warmup_cosine", learning_rate=1e-3,
+        weight_decay=1e-4, warmup_steps=50, log_every=10, checkpoint_every=500,
+    )
+    c.keypoints = stage_block(
+        dict(
+            enabled=True,  # runs where the dataset has key points (synthetic)
+            num_labelled=16,
+            image_size=(128, 128),
+            sigma=3.0,  # px, Gaussian targets at the training resolution
+            threshold=0.5,
+            nms_radius=6,  # px
+            match_radius=20.0,  # px at 256×256 (Du et al. 2018)
+        ),
+        total_steps=200, batch_size=8, learning_rate=1e-3, log_every=10, checkpoint_every=200,
+    )
     return make_config(arg, c, VARIANTS)

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
         state = jax.device_put(TrainState.create(params, tx), mesh_lib.replicated(mesh))
         batch = mesh_lib.global_batch(local, mesh)
         assert len(batch["image"].sharding.device_set) == len(devices)
-        step = make_train_step(model, tx, 0.3, mesh)
+        step = make_train_step(model, 0.3, mesh)
         state, m1 = step(state, batch)
         state, m2 = step(state, batch)
         results.append((float(m1["loss"]), float(m2["loss"]), jax.device_get(state.params)))

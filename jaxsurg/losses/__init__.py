@@ -1,7 +1,5 @@
 """Loss functions (pure jnp)."""
 
-from jaxsurg.losses.contrastive import flow_guided_infonce, view_contrastive_infonce
-from jaxsurg.losses.cycle import cycle_loss
 from jaxsurg.losses.lovasz import lovasz_hinge, lovasz_softmax, lovasz_softmax_binary
 from jaxsurg.losses.perceptual import gram_matrix, perceptual_loss, style_loss
 from jaxsurg.losses.segmentation import IGNORE_INDEX, cross_entropy, soft_jaccard, ternaus_loss
@@ -9,8 +7,6 @@ from jaxsurg.losses.segmentation import IGNORE_INDEX, cross_entropy, soft_jaccar
 __all__ = [
     "IGNORE_INDEX",
     "cross_entropy",
-    "cycle_loss",
-    "flow_guided_infonce",
     "gram_matrix",
     "lovasz_hinge",
     "lovasz_softmax",
@@ -19,5 +15,4 @@ __all__ = [
     "soft_jaccard",
     "style_loss",
     "ternaus_loss",
-    "view_contrastive_infonce",
 ]

@@ -1,1 +1,1 @@
-"""Pure jnp operators: warps and sampling, intermediate-flow algebra, colour spaces, views."""
+"""Pure jnp operators: warps and sampling, colour spaces, views."""

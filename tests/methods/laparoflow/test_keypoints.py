@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxsurg import keypoints as kp
+from jaxsurg.methods.laparoflow import keypoints as kp
 
 # ----------------------------------------------------------------------------- targets
 

@@ -4,7 +4,8 @@ Source: B. Moens et al., "Laparoflow-SSL: Image Analysis From a Tiny Dataset Thr
 Self-Supervised Transformers Leveraging Unlabeled Surgical Video" (2024): Eq. (1) (weighted
 sum of pixel triplets), (5) (similarity), (6)–(9) (flow-guided positive/negative sets and
 weights), Appendix C.1 (s^(1,1) variant), C.2 / Eq. (10)–(11) (view-contrastive term) and
-C.3 (balancing two terms by their total weights).
+C.3 (balancing two terms by their total weights). The temperatures τ_P, τ_N of Eq. (9) are
+estimated in ``temperatures``.
 
 Everything lives on one common grid of N = h·w representation pixels, flattened row-major
 (the 1/4-resolution grid of view 2). Inputs per batch element b:
@@ -34,7 +35,6 @@ returned in ``aux`` (``loss_sum``, ``total_weight``) for the C.3 balancing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +177,7 @@ def flow_pair_weights(dist: jax.Array, valid: jax.Array, tau_p, tau_n) -> tuple[
       dist: float (B, A, N) relative flow distances (``relative_flow_distance``).
       valid: bool (B, N).
       tau_p, tau_n: temperatures τ_P, τ_N > 0 (the 25 % / 75 % quantiles of Δf,
-        ``relative_distance_quantiles``).
+        ``temperatures.relative_distance_quantiles``).
 
     Returns:
       (w_pos, w_neg), float32 (B, A, N) in [0, 1], disjoint supports.
@@ -459,78 +459,3 @@ def balanced_sum(loss_a: jax.Array, total_a: jax.Array, loss_b: jax.Array, total
     s = ta + tb
     safe = jnp.where(s > 0, s, 1.0)
     return jnp.where(s > 0, (loss_a * tb + loss_b * ta) / safe, 0.0)
-
-
-# ----------------------------------------------------------------------------- temperatures (host)
-
-
-def relative_distance_quantiles(
-    flows: Iterable[np.ndarray],
-    valids: Iterable[np.ndarray],
-    *,
-    quantiles: tuple[float, ...] = (0.25, 0.75),
-    num_anchors: int = 16,
-    min_flow: float = 1.0 / 3.0,
-    seed: int = 0,
-    pixels_per_anchor: int | None = 1024,
-) -> tuple[float, ...]:
-    """Estimates τ_P, τ_N: quantiles of the relative flow distance Δf over a set of flows.
-
-    Moens et al. 2024, Sec. 2.3 (median heuristic, Gretton et al. 2012): τ_P and τ_N are the
-    25 % and 75 % quantiles of Eq. (8) over the pretraining set. Anchors are drawn as in
-    training: per flow field, up to ``num_anchors`` pixels uniformly without replacement
-    among the valid pixels with ‖f‖ ≥ ``min_flow``; Δf is taken to the other valid pixels of
-    that field (the anchor itself excluded), or to ``pixels_per_anchor`` of them drawn
-    uniformly (bounds host memory; None = all). Host NumPy, run once before pretraining.
-
-    Args:
-      flows: iterable of float (H, W, 2) flow fields in pixels (any (..., 2) shape works).
-      valids: iterable of bool (H, W) masks, same length and pixel shapes as ``flows``.
-      quantiles: the quantile levels in [0, 1].
-      num_anchors: anchors per flow field; min_flow: anchor threshold in pixels.
-      seed: NumPy random seed; pixels_per_anchor: see above.
-
-    Returns:
-      tuple of Python floats, one per quantile level (default (τ_P, τ_N)).
-
-    Raises:
-      ValueError: if no anchor qualifies in any field, on mismatching shapes or lengths, or
-        on quantile levels outside [0, 1].
-    """
-    qs = tuple(float(q) for q in quantiles)
-    if not qs or any(not 0.0 <= q <= 1.0 for q in qs):
-        raise ValueError(f"quantiles must be levels in [0, 1], got {quantiles}")
-    if int(num_anchors) < 1:
-        raise ValueError(f"num_anchors must be >= 1, got {num_anchors}")
-    rng = np.random.default_rng(seed)
-    flows, valids = list(flows), list(valids)
-    if len(flows) != len(valids):
-        raise ValueError(f"flows and valids must have the same length, got {len(flows)} and {len(valids)}")
-    samples = []
-    for i, (f, v) in enumerate(zip(flows, valids)):
-        f = np.asarray(f, np.float64)
-        v = np.asarray(v, bool)
-        if f.shape[-1] != 2 or f.shape[:-1] != v.shape:
-            raise ValueError(f"flows[{i}] must be (H, W, 2) and valids[{i}] (H, W); got {f.shape} and {v.shape}")
-        f = f.reshape(-1, 2)
-        v = v.reshape(-1)
-        norm = np.linalg.norm(f, axis=-1)
-        candidates = np.flatnonzero(v & (norm >= min_flow))
-        if candidates.size == 0:
-            continue
-        chosen = rng.choice(candidates, size=min(int(num_anchors), candidates.size), replace=False)
-        valid_idx = np.flatnonzero(v)
-        for a in chosen:
-            others = valid_idx[valid_idx != a]
-            if others.size == 0:
-                continue
-            if pixels_per_anchor is not None and others.size > pixels_per_anchor:
-                others = rng.choice(others, size=int(pixels_per_anchor), replace=False)
-            samples.append(np.linalg.norm(f[others] - f[a], axis=-1) / norm[a])
-    if not samples:
-        raise ValueError(
-            f"no anchor qualifies: no valid pixel with flow norm >= min_flow = {min_flow} px "
-            "(and another valid pixel) in any of the flow fields"
-        )
-    values = np.quantile(np.concatenate(samples), qs)
-    return tuple(float(x) for x in values)

@@ -1,29 +1,47 @@
-"""G, Dual Motion Flow's motion-flow predictor: an SDC-Net-style encoder–decoder.
+"""G, Dual Motion Flow's motion flow predictor (Sec. 2.1, Eqs. 1 and 3), and stage 1 that
+trains it: an SDC-Net-style encoder–decoder.
 
 Sources:
   - Zhao et al., "Learning Motion Flows for Semi-supervised Instrument Segmentation from
     Robotic Surgical Video" (Dual Motion Flow, MICCAI 2020), Sec. 2.1, Eq. (1):
-    F̂_{t→t+1} = G(I_{t0:t}, F_{t0+1:t}), Î_{t+1} = T(I_t, F̂_{t→t+1}).
+    F̂_{t→t+1} = G(I_{t0:t}, F_{t0+1:t}), Î_{t+1} = T(I_t, F̂_{t→t+1}); Eq. (3):
+    L_Pred = λ1·L1 + λp·Lp + λs·Ls with Ls = ‖∇F̂‖₁.
   - Reda et al., "SDC-Net: Video prediction using spatially-displaced convolution" (ECCV
     2018) and its public ``SDCNet2D`` (NVIDIA semantic-segmentation/sdcnet), which Dual MF's
     code adapts: 3 frames + 2 flows (13 channels), strided conv encoder, bilinear-upsampling
     decoder with skips, flows normalised as (f − mean)/(3·std) and de-normalised at the output.
+
+The network is ``MotionFlowPredictor``; stage 1 (``train_flow_predictor``) trains it on
+``Windows`` of 4 consecutive training frames, reversed in time at random (``TimeReverse``),
+with the loss of ``make_flow_predictor_step`` (weights ``config.G_LOSS_WEIGHTS``).
 
 NHWC throughout; flows are (dx, dy) in pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 
+from jaxsurg.data import pipeline
+from jaxsurg.data.sequences import TrainSequence, Windows
+from jaxsurg.losses.perceptual import perceptual_loss, style_loss
+from jaxsurg.methods.dual_motion.compensator_network import LEAKY_SLOPE
+from jaxsurg.methods.dual_motion.config import G_LOSS_WEIGHTS
+from jaxsurg.methods.dual_motion.training import make_vgg
+from jaxsurg.methods.dual_motion.transform import warp_image
 from jaxsurg.models.layers import Conv2d
-from jaxsurg.models.unet import LEAKY_SLOPE
 from jaxsurg.ops.resize import upsample_bilinear_2x
+from jaxsurg.train import stage
+from jaxsurg.train import step as step_lib
+from jaxsurg.train.state import TrainState, make_optimizer
 
 Array = jax.Array
 
@@ -185,3 +203,78 @@ class MotionFlowPredictor(nn.Module):
         if mean_out.ndim == 5:  # per-example statistics: (B, 1, 1, 1, 2) → (B, 1, 1, 2)
             mean_out, std_out = mean_out[:, 0], std_out[:, 0]
         return 3.0 * std_out * out + mean_out
+
+
+# ----------------------------------------------------------------------------- stage 1: training G
+
+
+def gradient_l1(x: jax.Array) -> jax.Array:
+    """Mean |∂x| + mean |∂y| of a (B, H, W, C) field (the smoothness ‖∇F‖₁ of Sec. 2.1)."""
+    return jnp.mean(jnp.abs(x[:, :, 1:] - x[:, :, :-1])) + jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeReverse(grain.transforms.RandomMap):
+    """With probability ``p`` reverses a window in time (frames reversed, flows = the
+    backward flows in reversed order); returns ``{"frames", "flows"}``."""
+
+    p: float = 0.5
+
+    def random_map(self, element, rng):
+        if rng.random() < self.p:
+            return {"frames": element["frames"][::-1].copy(), "flows": element["bwd"][::-1].copy()}
+        return {"frames": element["frames"], "flows": element["fwd"]}
+
+
+def build_flow_predictor(config: ml_collections.ConfigDict) -> MotionFlowPredictor:
+    fp = config.flow_predictor
+    return MotionFlowPredictor(num_frames=3, base_features=fp.base_features, output_init=fp.output_init)
+
+
+def make_flow_predictor_step(model, config, vgg_model, vgg_params, mesh):
+    """The jitted step of G: Î_{t+1} = T(I_t, G(I_{t−2..t}, flows)), loss of Sec. 2.1."""
+    fp = config.flow_predictor
+    weights = G_LOSS_WEIGHTS[fp.weights]
+    layers = tuple(fp.perceptual_layers)
+
+    def step(state, batch, vgg_params):
+        frames = pipeline.images_to_float(batch["frames"])
+        flows = batch["flows"].astype(jnp.float32)
+        src, target = frames[:, 2], frames[:, 3]
+
+        def loss_fn(params):
+            flow = model.apply({"params": params}, frames[:, :3], flows[:, :2])
+            pred = warp_image(src, flow, config.warp)
+            terms = {"l1": jnp.mean(jnp.abs(pred - target)), "smooth": gradient_l1(flow)}
+            if weights["perceptual"] or weights["style"]:
+                fa = vgg_model.apply({"params": vgg_params}, pred)
+                fb = jax.lax.stop_gradient(vgg_model.apply({"params": vgg_params}, target))
+                if weights["perceptual"]:
+                    terms["perceptual"] = perceptual_loss(fa, fb, layers=layers)
+                if weights["style"]:
+                    terms["style"] = style_loss(fa, fb, layers=layers)
+            if weights["image_gradient"]:
+                terms["image_gradient"] = jnp.mean(jnp.abs(
+                    jnp.diff(pred, axis=1)[:, :, :-1] - jnp.diff(target, axis=1)[:, :, :-1]
+                )) + jnp.mean(jnp.abs(jnp.diff(pred, axis=2)[:, :-1] - jnp.diff(target, axis=2)[:, :-1]))
+            loss = sum(weights[k] * v for k, v in terms.items())
+            return loss, terms
+
+        state, loss, terms, _ = step_lib.gradient_step(state, loss_fn)
+        return state, {"loss": loss, **terms}
+
+    return step_lib.jit_step(step, mesh, frozen=vgg_params)
+
+
+def train_flow_predictor(config, workdir, seq: TrainSequence, mesh) -> tuple[MotionFlowPredictor, Any]:
+    """Stage 1; returns (G, its params)."""
+    fp = config.flow_predictor
+    model = build_flow_predictor(config)
+    h, w = config.resize
+    params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, 3, h, w, 3)), jnp.zeros((1, 2, h, w, 2)))["params"]
+    tx, schedule = make_optimizer(fp)
+    state = step_lib.put_replicated(TrainState.create(params, tx, schedule=schedule), mesh)
+    vgg_model, vgg_params = make_vgg(config, tuple(fp.perceptual_layers))
+    step = make_flow_predictor_step(model, config, vgg_model, vgg_params, mesh)
+    state = stage.train("flow_predictor", fp, config, workdir, state, step, Windows(seq), TimeReverse(fp.time_reverse_p), mesh)
+    return model, jax.device_get(state.params)

@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch", reason="the reference SegFormer runs in PyT
 transformers = pytest.importorskip("transformers", reason="the reference SegFormer is Hugging Face's")
 pytest.importorskip("safetensors", reason="the checkpoints are written as safetensors")
 
-from jaxsurg.models.segformer import MiTEncoder, SegFormer, segformer, segformer_b0
+from jaxsurg.methods.laparoflow.hf_segformer import load_segformer
+from jaxsurg.methods.laparoflow.segformer import MiTEncoder, SegFormer, segformer, segformer_b0
 from jaxsurg.models.vgg import IMAGENET_MEAN, IMAGENET_STD
-from jaxsurg.weights.hf_segformer import load_segformer
 
 B, H, W = 2, 72, 104  # non-square, not a multiple of 32 in W (104 = 3·32 + 8)
 ATOL = 1e-4

@@ -1,4 +1,4 @@
-"""Hugging Face SegFormer checkpoints → Linen variables of ``jaxsurg.models.segformer``.
+"""Hugging Face SegFormer checkpoints → Linen variables of ``jaxsurg.methods.laparoflow.segformer``.
 
 Reads the weights of ``transformers``' ``SegformerModel`` (the MiT encoder),
 ``SegformerForSemanticSegmentation`` (encoder + ``decode_head``) or

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsurg.losses.cycle import cycle_loss
-from jaxsurg.ops.intermediate_flow import cycle_warps, intermediate_flows
+from jaxsurg.methods.dual_motion.compensator import cycle_loss, cycle_warps, intermediate_flows
 from jaxsurg.ops.warp import backward_warp, forward_warp
 
 

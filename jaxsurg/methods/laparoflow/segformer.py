@@ -8,7 +8,7 @@ with the class softmax removed and a 256-d per-pixel output at 1/4 of the input 
 
 The layout follows the Hugging Face ``transformers`` implementation (``SegformerModel``,
 ``SegformerDecodeHead``) operation for operation, so its checkpoints convert 1:1
-(``jaxsurg.weights.hf_segformer.load_segformer``):
+(``jaxsurg.methods.laparoflow.hf_segformer.load_segformer``):
 
 - stage i: overlapping patch embedding (conv k7/s4/p3 for stage 0, k3/s2/p1 after, then
   LayerNorm); ``depths[i]`` pre-norm blocks ``x + DropPath(Attn(LN(x)))``,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxsurg.losses import contrastive as C
+from jaxsurg.methods.laparoflow import contrastive as C
+from jaxsurg.methods.laparoflow import temperatures
 
 TAU0, LAM, CW = 0.07, 10.0, 4.0
 
@@ -277,18 +278,18 @@ def test_relative_distance_quantiles_known_distribution():
     flow[0, :2001, 0] = x
     flow[0, 2001, 0] = 1.0
     valid = np.ones((1, 2002), bool)
-    tau_p, tau_n = C.relative_distance_quantiles([flow], [valid], pixels_per_anchor=None)
+    tau_p, tau_n = temperatures.relative_distance_quantiles([flow], [valid], pixels_per_anchor=None)
     np.testing.assert_allclose([tau_p, tau_n], [0.85, 1.15], rtol=1e-6)
     # Invalid pixels are left out: drop the x > 0 half -> Δf ~ U[1.0, 1.3].
     valid2 = valid.copy()
     valid2[0, :2001] = x <= 0
-    q = C.relative_distance_quantiles([flow, flow], [valid2, valid2], quantiles=(0.5,), pixels_per_anchor=None)
+    q = temperatures.relative_distance_quantiles([flow, flow], [valid2, valid2], quantiles=(0.5,), pixels_per_anchor=None)
     np.testing.assert_allclose(q, [1.15], rtol=1e-6)
     # Subsampled pixels: close to the exact values.
-    tau_p, tau_n = C.relative_distance_quantiles([flow] * 4, [valid] * 4, pixels_per_anchor=500, seed=1)
+    tau_p, tau_n = temperatures.relative_distance_quantiles([flow] * 4, [valid] * 4, pixels_per_anchor=500, seed=1)
     np.testing.assert_allclose([tau_p, tau_n], [0.85, 1.15], atol=0.03)
     with pytest.raises(ValueError, match="no anchor qualifies"):
-        C.relative_distance_quantiles([flow * 0.1], [valid])
+        temperatures.relative_distance_quantiles([flow * 0.1], [valid])
 
 
 def test_bad_inputs_raise():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsurg.models.heads import (
+from jaxsurg.methods.laparoflow.heads import (
     KeypointHead,
     SideTuneNetwork,
     SideTuneSegmentationHead,

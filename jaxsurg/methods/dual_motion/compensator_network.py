@@ -1,4 +1,5 @@
-"""The 5-stage U-Net of Super SloMo and the Dual Motion Flow flow compensator built on it.
+"""The 5-stage U-Net of Super SloMo and the Dual Motion Flow flow compensator built on it
+(Sec. 2.2: the network that refines the flows of Eq. (4); its training is ``compensator``).
 
 Sources:
   - Jiang et al., "Super SloMo: High Quality Estimation of Multiple Intermediate Frames for
@@ -100,7 +101,7 @@ class UNet5(nn.Module):
     Super SloMo applies the LeakyReLU to the output too (``final_activation=True``, the
     default, as its public code); set False for an unconstrained linear output.
     With b = 32, 26 input and 8 output channels (the compensator) it has 19,826,632
-    parameters, as the PyTorch model (``tests/test_dmf_models.py``).
+    parameters, as the PyTorch model (``tests/methods/dual_motion/test_compensator_network.py``).
 
     Attributes:
       out_channels: output channels.

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsurg.ops import views
-from jaxsurg.ops.views import PhotometricParams
+from jaxsurg.methods.laparoflow import photometric, views
+from jaxsurg.methods.laparoflow.photometric import PhotometricParams
 
 
 def _ramp(b, h, w, seed=0):
@@ -329,7 +329,7 @@ def _np_photometric(rgb, bshift, contrast, sat, hue_turns):
 def test_apply_photometric_matches_colorsys_reference():
     rgb = np.random.default_rng(12).random((2, 5, 4, 3)).astype(np.float32)
     factors = np.array([[0.1, 1.5, 0.5, 10 / 360], [-0.2, 0.4, 1.7, -24 / 360]], np.float32)
-    got = np.asarray(views.apply_photometric(rgb, factors))
+    got = np.asarray(photometric.apply_photometric(rgb, factors))
     for b in range(2):
         np.testing.assert_allclose(got[b], _np_photometric(rgb[b], *factors[b]), atol=1e-5)
 
@@ -338,7 +338,7 @@ def test_photometric_draws_respect_the_paper_ranges():
     p = PhotometricParams()
     assert p.brightness == pytest.approx(64 / 255) and p.contrast == (0.25, 1.75)
     assert p.saturation == (0.25, 1.75) and p.hue_degrees == 24.0
-    f = np.asarray(jax.jit(jax.vmap(lambda k: views.sample_photometric(k, p)))(jax.random.split(jax.random.PRNGKey(0), 4000)))
+    f = np.asarray(jax.jit(jax.vmap(lambda k: photometric.sample_photometric(k, p)))(jax.random.split(jax.random.PRNGKey(0), 4000)))
     lo = np.array([-64 / 255, 0.25, 0.25, -24 / 360])
     hi = -lo * np.array([1, -7, -7, 1])
     assert np.all(f >= lo - 1e-6) and np.all(f <= hi + 1e-6)
@@ -352,11 +352,11 @@ def test_photometric_draws_respect_the_paper_ranges():
                            (6, 6), photometric=only_b, **NO_GEOMETRY)
     shift = np.asarray(out["view1"]).mean((1, 2, 3)) - img.mean((1, 2, 3))
     assert np.abs(shift).max() <= 64 / 255 + 1e-5 and np.abs(shift).max() > 0.15
-    g = np.asarray(views.apply_photometric(grey, np.array([[0.2, 1, 1, 0]], np.float32)))
+    g = np.asarray(photometric.apply_photometric(grey, np.array([[0.2, 1, 1, 0]], np.float32)))
     np.testing.assert_allclose(g, 0.7, atol=1e-6)
     # Contrast only: a pure multiplication of R, G, B (no mean subtraction).
     dark = img * 0.5
-    c = np.asarray(views.apply_photometric(dark[:1], np.array([[0.0, 1.6, 1, 0]], np.float32)))
+    c = np.asarray(photometric.apply_photometric(dark[:1], np.array([[0.0, 1.6, 1, 0]], np.float32)))
     np.testing.assert_allclose(c, dark[:1] * 1.6, atol=1e-5)
     # P1 and P2 are independent, and independent across the batch.
     v = views.make_views(jax.random.PRNGKey(2), np.repeat(img[:1], 4, 0), np.zeros((4, 6, 6, 2), np.float32),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # tests/methods/laparoflow/ → repo
 CLIP = os.path.join(ROOT, "..", "shared", "data", "cholecseg8k_clip")
 VIDEO = os.path.join(ROOT, "..", "shared", "data", "cholec_video")
 
@@ -85,15 +85,15 @@ def test_laparoflow_tiny_on_the_real_clip_and_video(tmp_path):
 
 
 def test_choose_labelled_is_seeded_and_checks_the_count():
-    from jaxsurg.methods import laparoflow
+    from jaxsurg.methods.laparoflow import finetune
 
     rows = np.arange(100, 140)
-    a = laparoflow.choose_labelled(rows, 16, seed=3)
+    a = finetune.choose_labelled(rows, 16, seed=3)
     assert len(set(a.tolist())) == 16 and set(a.tolist()) <= set(rows.tolist())
-    np.testing.assert_array_equal(a, laparoflow.choose_labelled(rows, 16, seed=3))
-    assert not np.array_equal(a, laparoflow.choose_labelled(rows, 16, seed=4))
+    np.testing.assert_array_equal(a, finetune.choose_labelled(rows, 16, seed=3))
+    assert not np.array_equal(a, finetune.choose_labelled(rows, 16, seed=4))
     with pytest.raises(ValueError, match="num_labelled=50"):
-        laparoflow.choose_labelled(rows, 50, seed=0)
+        finetune.choose_labelled(rows, 50, seed=0)
 
 
 def test_resolve_task_and_bad_options():
@@ -125,8 +125,7 @@ def test_resolve_task_and_bad_options():
 def test_every_pretraining_loss_variant_gives_a_finite_loss_and_gradient(loss):
     import ml_collections
 
-    from jaxsurg.methods import laparoflow
-    from jaxsurg.ops import views
+    from jaxsurg.methods.laparoflow import pretrain, views
 
     p = ml_collections.ConfigDict(dict(
         loss=loss, num_anchors=4, min_flow=1 / 3, tau0=0.07, negative_weight=10.0, counterpart_weight=4.0,
@@ -142,7 +141,7 @@ def test_every_pretraining_loss_variant_gives_a_finite_loss_and_gradient(loss):
 
     def f(z):
         z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
-        return laparoflow.pretrain_loss(z[:2], z[2:], v, jax.random.PRNGKey(2), p, 0.5, 2.0)[0]
+        return pretrain.pretrain_loss(z[:2], z[2:], v, jax.random.PRNGKey(2), p, 0.5, 2.0)[0]
 
     value, grad = jax.jit(jax.value_and_grad(f))(z)
     assert np.isfinite(value) and value > 0

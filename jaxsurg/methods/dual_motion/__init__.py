@@ -1,0 +1,139 @@
+"""Dual Motion Flow (Zhao et al., MICCAI 2020): semi-supervised segmentation of sparsely
+labelled surgical video by learned motion (paper ``dual_motion_flow_zhao2020``).
+
+Stages, each resumable and each with its own outputs under ``WORKDIR/<stage>/``:
+
+1. ``flow_predictor``: G (``MotionFlowPredictor``, SDC-Net layout) learns, on windows of 4
+   consecutive training frames (labels unused), to predict F̂_{t→t+1} from
+   (I_{t−2..t}, their flows) so that Î_{t+1} = T(I_t, F̂) ≈ I_{t+1} (Sec. 2.1, Eq. 1):
+   loss = w_l1·L1 + w_p·perceptual (VGG16 features) + w_s·‖∇F̂‖₁ (paper 0.7 / 0.2 / 0.1;
+   ``flow_predictor.weights='code'``: the authors' 2·L1 + 1000·Gram + 0.2·smooth +
+   0.1·image-gradient). Time is reversed with probability ``time_reverse_p`` (0.5), so G
+   also predicts backward motion. T = forward splatting (paper) or, with
+   ``config.warp='backward'``, backward sampling (the authors' code). G's output layer
+   starts at zero (``flow_predictor.output_init``; 'sdc' = SDC-Net's initialisation).
+2. ``propagate`` (joint propagation, Eq. 2): from every labelled training frame l, G's
+   motion is chained step by step in both directions for up to ``propagation_steps`` = k
+   steps (the paper's k = 1, 2, 4), inside the video's training part:
+   (Î_{l±j}, L̂_{l±j}) = (T(Î_{l±(j−1)}, F̂), T(L̂_{l±(j−1)}, F̂)) — the warped label is
+   paired with the warped frame, never with the raw one. G's input is always the RAW
+   frames before the current position (in the direction of travel) and their flows (edge
+   frames repeated with zero flow at a video's start). D_R holds one pair per unlabelled
+   training frame reached: the propagation from the NEAREST labelled frame; on a tie (even
+   ``label_interval``) the earlier labelled frame propagated forward wins. Unlabelled
+   frames farther than k from every labelled frame get no D_R pair. Written to
+   ``propagate/d_r`` (``jaxsurg.data.generated``), with ``propagate/sequence.png`` (the
+   rebuilt training sequence: raw frames / propagated frames / their labels, paper Fig. 3)
+   and ``propagate/quality.json`` (``propagation_quality``: the propagated labels scored
+   against the ground truth the run holds back, per k, next to copying the labelled
+   frame's label unchanged; also in ``eval/summary.json`` as ``d_r_quality``).
+   ``config.motion='optical_flow'`` chains the stored optical flow F_{p→p±1} instead of
+   G's motion (label propagation by optical flow, as MFTAPNet, the paper's ref. [10], does;
+   an ablation of G), and stage 1 is skipped.
+3. ``compensator``: the flow compensator (``FlowCompensator``, 5-stage U-Net) trained on
+   consecutive training pairs (I0, I1) with F_{0→1} (the dataset's stored flow) and
+   F_{1→0} (``flow.optical_flow(I1, I0, config.flow_method)`` on the host), Eq. (4)
+   approximations at t = ``compensator.t`` (0.5), the cycle of Eq. (5) and the cycle loss
+   (Eq. 6, λ0 = 1.0, λi = 0.8, λ1 = 2.0, λp = 0.01). Then D_C (``compensator/d_c``): for
+   every consecutive training pair (f, f + 1) whose frame f has a label pair in the rebuilt
+   sequence — (I_f, L_f) for a labelled f, its D_R pair (Î_f, L̂_f) otherwise — the
+   compensated pair (T(I_f, F̂_{0→t}), T(L_f, F̂_{0→t})) at position f + t (interpolation
+   rate 1: N + M − 1 pairs when every frame has a pair). With a backward warp the refined
+   F̂_{t→0} is sampled instead (the flow on the target grid). Single MF
+   (``segment='single'``) does not use D_C and skips this stage.
+4. ``segment``: U-Net11 (``methods.unet11``) with the TernausNet loss on D_L ∪ D_R ∪ D_C
+   (``config.segment='dual'``), D_L ∪ D_R (``'single'``, Single MF), or Dual MF★
+   (``'dual_convlstm'``: ``UNet11ConvLSTM`` on clips of ``convlstm.clip_length`` = 5
+   consecutive entries of the rebuilt sequence 0, 0.5, 1, … with Adam 1e-4 on the ConvLSTM
+   and 1e-5 elsewhere).
+5. ``eval``: ``evaluate.evaluate_segmentation`` on the test frames → ``eval/summary.json``
+   (with the optical-flow estimators, the sizes of D_L/D_R/D_C and each stage's seconds).
+
+Every stage works on the training frames resized to ``config.resize`` (H, W multiples of
+64, G's constraint); U-Net11 trains on random ``config.image_size`` crops of those.
+Frame positions in D_R / D_C are indices in the video's training part (0, 1, …).
+
+Files, one per part of the paper: ``config.py`` (the settings, ``resolve``);
+``flow_predictor.py`` (G and stage 1, Sec. 2.1, Eqs. 1 and 3); ``propagation.py`` (joint
+propagation, Eqs. 1–2, and stage 2); ``compensator.py`` (Eqs. 4–6, stage 3 and D_C) with
+``compensator_network.py`` (its 5-stage U-Net); ``segment.py`` (Sec. 2.3, stage 4) with
+``convlstm.py`` (Dual MF★'s network); ``transform.py`` (T(·, F)); ``training.py`` (what the
+stages share). The training videos in memory are ``jaxsurg.data.sequences``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxsurg import evaluate
+from jaxsurg.data import pipeline
+from jaxsurg.data.sequences import load_train_sequence
+from jaxsurg.methods import common
+from jaxsurg.methods.dual_motion import compensator, flow_predictor, propagation, segment
+from jaxsurg.methods.dual_motion.config import STAGES, resolve
+from jaxsurg.train import mesh as mesh_lib
+from jaxsurg.train import stage
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """All stages (each resumed or skipped when complete); returns the summary written to
+    ``eval/summary.json``."""
+    mesh = mesh_lib.make_mesh()
+    data = pipeline.load(config)
+    config = resolve(config, data)
+    stage.take_stages_from(config, workdir, STAGES)
+    common.write_config(config, workdir)
+    num_classes = len(data.class_names)
+    seconds: dict[str, float] = {}
+    with stage.timed(seconds, "load"):
+        seq = load_train_sequence(config, data)
+    logging.info("dual motion: %d training frames, %d labelled", len(seq), int(seq.labelled.sum()))
+    with stage.timed(seconds, "flow_predictor"):
+        learned = config.motion == "learned"
+        g_model, g_params = flow_predictor.train_flow_predictor(config, workdir, seq, mesh) if learned else (None, None)
+    with stage.timed(seconds, "propagate"):
+        d_r = propagation.propagate(config, workdir, seq, g_model, g_params, num_classes)
+    with stage.timed(seconds, "compensator"):
+        d_c = None  # Single MF trains on D_L ∪ D_R only: no compensator
+        if config.segment != "single":
+            c_model, c_params = compensator.train_compensator(config, workdir, seq, mesh)
+            d_r_pairs = propagation.d_r_by_row(seq, d_r)
+            d_c = compensator.generate_d_c(config, workdir, seq, d_r_pairs, c_model, c_params, num_classes)
+    with stage.timed(seconds, "segment"):
+        model, params, sizes = segment.segment(config, workdir, seq, d_r, d_c, num_classes, mesh)
+    with stage.timed(seconds, "eval"):
+        summary = evaluate_test_frames(config, workdir, data, model, params, sizes)
+    return common.finish(summary, seconds, workdir)
+
+
+def evaluate_test_frames(config, workdir: str, data: pipeline.LoadedDataset, model, params, sizes) -> dict[str, Any]:
+    """Stage 5: the segmentation network of stage 4 (Dual MF★ through ``ClipPredictor``) on
+    the test frames with ``evaluate.evaluate_segmentation``, which writes ``eval/``; the
+    summary also holds the run's settings, the sizes of D_L/D_R/D_C (``sizes``) and
+    ``propagate/quality.json`` as ``d_r_quality``."""
+    if config.segment == "dual_convlstm":
+        predict = segment.ClipPredictor(model, jax.device_get(params), config.convlstm.clip_length)
+    else:
+        predict = evaluate.make_predictor(model.apply, {"params": params})
+    header = {
+        "method": config.method, "segment": config.segment, "dataset": config.dataset, "task": config.task,
+        "split": data.split_info, "label_interval": config.label_interval, "train_sizes": sizes,
+        "optical_flow": {"forward": f"stored by the {config.dataset} builder", "backward": config.flow_method},
+        "warp": config.warp, "propagation_steps": config.propagation_steps, "vgg16_weights": config.vgg16_weights,
+        "motion": config.motion,
+    }
+    quality_path = os.path.join(workdir, "propagate", propagation.QUALITY)
+    if os.path.exists(quality_path):
+        with open(quality_path, encoding="utf-8") as f:
+            header["d_r_quality"] = json.load(f)
+    return evaluate.evaluate_segmentation(
+        predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
+        class_names=data.class_names, out_dir=os.path.join(workdir, "eval"), header=header,
+        batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
+    )

@@ -1,0 +1,295 @@
+"""Joint propagation (Dual Motion Flow, Sec. 2.1, Eqs. 1–2) and stage 2, which builds D_R.
+
+From every labelled training frame l, G's motion F̂ is chained step by step in both
+directions, for up to k = ``config.propagation_steps`` steps, and the frame and its label
+are warped together (Eq. 1: Î_{t+1} = T(I_t, F̂_{t→t+1}); Eq. 2: L̂_{t+1} = T(L_t, F̂_{t→t+1})),
+so that the propagated label is paired with the propagated frame, never with the raw one:
+
+- ``history``: G's input at a position, in the direction of travel;
+- ``propagation_plan``: which labelled frame, direction and number of steps reach each
+  unlabelled frame (the nearest labelled frame);
+- ``make_motion_fn`` (G) and ``optical_flow_motion`` (the stored optical flow, an ablation
+  of G): the motion models;
+- ``warp_pair``: one step (T(Î, F̂), T(L̂, F̂)); ``joint_propagation``: the chains of a plan;
+- ``propagation_quality``: D_R scored against the ground truth the run holds back (a
+  diagnostic, not in the paper); ``sequence_picture``: the rebuilt sequence (paper Fig. 3);
+- ``propagate``: stage 2, writing ``propagate/d_r``, ``sequence.png`` and ``quality.json``;
+  ``d_r_by_row`` reads D_R back by training row.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsurg import evaluate, metrics
+from jaxsurg.data import generated, pipeline
+from jaxsurg.data.sequences import TrainSequence
+from jaxsurg.methods.dual_motion.flow_predictor import MotionFlowPredictor
+from jaxsurg.methods.dual_motion.training import _chunks
+from jaxsurg.methods.dual_motion.transform import warp_image, warp_labels
+from jaxsurg.train import stage
+from jaxsurg.train.writers import write_json
+
+
+def history(seq: TrainSequence, p: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """G's input at row ``p`` moving in direction ``d`` (+1 forward, −1 backward in time):
+    the raw frames at p − 2d, p − d, p (uint8 (3, H, W, 3), oldest first in the direction
+    of travel) and the flows between them in that direction (float32 (2, H, W, 2)). Rows
+    outside the video's training part are replaced by the nearest one, with zero flow."""
+    lo, hi = int(seq.starts[p]), int(seq.ends[p])
+    idx = [p - 2 * d, p - d, p]
+    inside = [lo <= q <= hi for q in idx]
+    clamped = [min(max(q, lo), hi) for q in idx]
+    frames = seq.frames[clamped]
+    flows = np.zeros((2, *seq.frames.shape[1:3], 2), np.float32)
+    for i in range(2):
+        if inside[i] and inside[i + 1]:
+            flows[i] = seq.flow_fwd[idx[i]] if d > 0 else seq.flow_bwd[idx[i]]
+    return frames, flows
+
+
+def propagation_plan(seq: TrainSequence, k: int) -> dict[int, tuple[int, int, int]]:
+    """For every unlabelled row u reachable within ``k`` steps of a labelled row of its
+    video: (labelled row l, direction d, steps j) with u = l + d·j, the nearest labelled
+    row (a tie goes to the earlier labelled row, propagated forward)."""
+    plan: dict[int, tuple[int, int, int]] = {}
+    for u in np.flatnonzero(~seq.labelled):
+        best = None
+        for j in range(1, k + 1):
+            for d in (+1, -1):  # forward propagation (from u − j) first: wins ties
+                l = u - d * j
+                if seq.starts[u] <= l <= seq.ends[u] and seq.labelled[l]:
+                    best = (int(l), d, j)
+                    break
+            if best:
+                break
+        if best:
+            plan[int(u)] = best
+    return plan
+
+
+def optical_flow_motion(seq: TrainSequence, warp: str) -> Callable:
+    """The stored optical flow as the motion model of ``joint_propagation``
+    (``config.motion='optical_flow'``), float32 (B, H, W, 2) in pixels, for a step from row
+    p in direction d: on the source grid for a forward warp (F_{p→p+d}: ``seq.flow_fwd[p]``
+    for d = +1, ``seq.flow_bwd[p]`` for −1), on the target grid for a backward warp
+    (F_{p+d→p}: ``seq.flow_bwd[p + 1]`` for +1, ``seq.flow_fwd[p − 1]`` for −1). The
+    target row p + d is clamped to the video's training part: ``joint_propagation`` steps a
+    chain that needs fewer steps than its batch's longest from the clamped edge row, and
+    discards those results, so they must only stay inside the video. Frames and history
+    flows are unused."""
+
+    def motion(frames, flows, rows, directions):
+        out = []
+        for r, d in zip(rows, directions):
+            if warp == "forward":
+                out.append(seq.flow_fwd[r] if d > 0 else seq.flow_bwd[r])
+            else:
+                q = min(max(int(r) + int(d), int(seq.starts[r])), int(seq.ends[r]))
+                out.append(seq.flow_bwd[q] if d > 0 else seq.flow_fwd[q])
+        return np.stack(out)
+
+    return motion
+
+
+def make_motion_fn(model: MotionFlowPredictor, params) -> Callable:
+    """G as the motion model of ``joint_propagation``: (frames uint8 (B, 3, H, W, 3), flows
+    (B, 2, H, W, 2), rows, directions) → F̂ (B, H, W, 2); rows and directions are unused (G
+    sees only the frames and flows)."""
+    fn = jax.jit(lambda p, frames, flows: model.apply({"params": p}, pipeline.images_to_float(frames), flows))
+    return lambda frames, flows, rows, directions: fn(params, frames, flows)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "warp"))
+def warp_pair(image: jax.Array, labels: jax.Array, flow: jax.Array, *, num_classes: int, warp: str):
+    """One joint-propagation step (Eq. 1–2): (T(image, flow), T(labels, flow)) for float
+    (B, H, W, 3) images in [0, 1] and int (B, H, W) labels (255 = ignore)."""
+    return warp_image(image, flow, warp), warp_labels(labels, flow, num_classes, warp)
+
+
+def joint_propagation(
+    seq: TrainSequence, plan: dict[int, tuple[int, int, int]], motion_fn: Callable, *, num_classes: int, warp: str, batch_size: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Runs the chains of ``plan`` (from ``propagation_plan``) and returns
+    {unlabelled row: (Î uint8 (H, W, 3), L̂ uint8 (H, W))}.
+
+    ``motion_fn(frames, flows, rows, directions) → F̂`` (B, H, W, 2) gives the motion from
+    each chain's current row p to p + d: G via ``make_motion_fn`` (which sees the
+    ``history`` frames and flows), or the true flow in tests. Each step warps the chain's
+    current (Î, L̂) — starting from the labelled (I_l, L_l) — with ``warp_pair``; every
+    chain (l, d) runs to its farthest needed step, saving the pairs it passes. Chains are
+    processed ``batch_size`` at a time (the last batch padded, so shapes stay fixed).
+    """
+    need: dict[tuple[int, int], int] = {}
+    for l, d, j in plan.values():
+        need[(l, d)] = max(need.get((l, d), 0), j)
+    chains = sorted(need)
+    wanted = {(l, d, j): u for u, (l, d, j) in plan.items()}
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for chunk, padded in _chunks(chains, batch_size):
+        image = jnp.asarray(np.stack([seq.frames[l] for l, _ in padded]), jnp.float32) / 255.0
+        labels = jnp.asarray(np.stack([seq.masks[l] for l, _ in padded]), jnp.int32)
+        for j in range(1, max(need[c] for c in chunk) + 1):
+            ps = np.array([min(max(l + d * (j - 1), int(seq.starts[l])), int(seq.ends[l])) for l, d in padded])
+            ds = np.array([d for _, d in padded])
+            hist = [history(seq, int(p), int(d)) for p, d in zip(ps, ds)]
+            flow = motion_fn(np.stack([h[0] for h in hist]), np.stack([h[1] for h in hist]), ps, ds)
+            image, labels = warp_pair(image, labels, jnp.asarray(flow, jnp.float32), num_classes=num_classes, warp=warp)
+            host_img = np.asarray(jnp.clip(jnp.round(image * 255.0), 0, 255)).astype(np.uint8)
+            host_lab = np.asarray(labels).astype(np.uint8)
+            for b, (l, d) in enumerate(chunk):
+                u = wanted.get((l, d, j))
+                if u is not None:
+                    out[u] = (host_img[b], host_lab[b])
+    return out
+
+
+def propagation_quality(
+    seq: TrainSequence, pairs: dict[int, tuple[np.ndarray, np.ndarray]], plan: dict[int, tuple[int, int, int]], num_classes: int
+) -> dict[str, dict[str, Any]]:
+    """How good D_R is: the propagated pairs scored against what the run held back.
+
+    For every pair (Î_u, L̂_u) of ``joint_propagation`` (propagated ``plan[u]`` = (l, d, k)
+    from labelled row l), grouped by the number of steps k ("k=1", "k=2", ...) and over
+    all ("all"):
+      - ``label_iou`` / ``label_dice``: per-frame IoU/Dice of L̂_u against the true label of
+        frame u (``seq.true_masks``, ``metrics.frame_scores``: binary or the mean over the
+        foreground classes present), over the pixels L̂_u covers; mean over the frames with
+        ground truth, None when none has any.
+      - ``zero_motion_iou`` / ``zero_motion_dice``: the same for L_l copied unchanged to
+        frame u, on the same pixels: the baseline a motion model has to beat.
+      - ``coverage``: the share of L̂_u's pixels that received a label (not 255), in [0, 1].
+      - ``psnr_db`` / ``zero_motion_psnr_db``: PSNR (dB, peak 255) of Î_u and of I_l
+        against the real frame I_u over the covered pixels; needs no ground truth.
+      - ``frames``: pairs in the group; ``labelled_frames``: those with ground truth.
+
+    Not in the paper: a diagnostic of the D_R of Sec. 2.1 (Eq. 2), possible wherever the
+    sparse labels are simulated on a fully labelled video (the paper's own setting).
+
+    Raises:
+      KeyError: a row of ``pairs`` missing from ``plan``.
+    """
+    truth = seq.true_masks if seq.true_masks is not None else np.full_like(seq.masks, metrics.IGNORE_INDEX)
+    scored = []
+    for u in sorted(pairs):
+        l, _, k = plan[u]
+        image, label = pairs[u]
+        covered = label != metrics.IGNORE_INDEX
+        target = np.where(covered, truth[u], metrics.IGNORE_INDEX)
+        guesses = np.stack([np.where(covered, label, 0), seq.masks[l]]).astype(np.int32)  # L̂_u, L_l
+        counts = jax.device_get(metrics.confusion_counts(guesses, np.stack([target, target]), num_classes))
+        s = metrics.frame_scores(counts)
+        real = seq.frames[u][covered].astype(np.float64)
+        psnr = lambda img: float(10 * np.log10(255.0**2 / max(np.mean((img[covered].astype(np.float64) - real) ** 2), 1e-10)))
+        scored.append({
+            "k": k, "has_truth": bool((target != metrics.IGNORE_INDEX).any()),
+            "label_iou": s["iou"][0], "label_dice": s["dice"][0], "zero_motion_iou": s["iou"][1], "zero_motion_dice": s["dice"][1],
+            "coverage": float(covered.mean()),
+            "psnr_db": psnr(image) if covered.any() else np.nan, "zero_motion_psnr_db": psnr(seq.frames[l]) if covered.any() else np.nan,
+        })
+
+    def aggregate(group: list[dict]) -> dict[str, Any]:
+        known = [r for r in group if r["has_truth"]]
+        out: dict[str, Any] = {"frames": len(group), "labelled_frames": len(known)}
+        for key in ("label_iou", "label_dice", "zero_motion_iou", "zero_motion_dice"):
+            out[key] = float(np.mean([r[key] for r in known])) if known else None
+        for key in ("coverage", "psnr_db", "zero_motion_psnr_db"):
+            values = [r[key] for r in group if not np.isnan(r[key])]
+            out[key] = float(np.mean(values)) if values else None
+        return out
+
+    out = {f"k={k}": aggregate([r for r in scored if r["k"] == k]) for k in sorted({r["k"] for r in scored})}
+    out["all"] = aggregate(scored)
+    return out
+
+
+def sequence_picture(seq: TrainSequence, d_r: dict[int, tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> np.ndarray:
+    """Paper Fig. 3: the rebuilt training sequence for ``rows`` — raw frames (top),
+    the frames trained on (raw where labelled, propagated Î elsewhere; black where no pair),
+    and their labels (bottom) in colour; labelled columns framed in white. uint8
+    (3·s·H, len(rows)·s·W, 3) RGB, s = ceil(120 / H)."""
+    h, w = seq.frames.shape[1:3]
+    top, mid, bottom = [], [], []
+    for r in rows:
+        top.append(seq.frames[r])
+        if seq.labelled[r]:
+            img, lab = seq.frames[r], seq.masks[r]
+        elif int(r) in d_r:
+            img, lab = d_r[int(r)]
+        else:
+            img, lab = np.zeros((h, w, 3), np.uint8), np.full((h, w), 255, np.uint8)
+        mid.append(img)
+        bottom.append(evaluate.colorize(np.zeros_like(img) + 40, lab.astype(np.int64), alpha=1.0))
+    pic = np.concatenate([np.concatenate(x, axis=1) for x in (top, mid, bottom)], axis=0)
+    for i, r in enumerate(rows):  # mark labelled columns
+        if seq.labelled[r]:
+            cv2.rectangle(pic, (i * w, 0), (i * w + w - 1, 3 * h - 1), (255, 255, 255), 1)
+    scale = max(1, -(-120 // h))  # small frames scaled up (nearest) to stay legible
+    return np.repeat(np.repeat(pic, scale, axis=0), scale, axis=1)
+
+
+def d_r_info(config, num_classes: int) -> dict[str, Any]:
+    """The settings a D_R (and the D_C built on it) depends on, recorded in its
+    ``meta.json`` and checked by ``generated.reusable`` when a stage would skip it."""
+    return {
+        "dataset": config.dataset, "task": config.task, "num_classes": num_classes, "resize": list(config.resize),
+        "label_interval": config.label_interval, "propagation_steps": config.propagation_steps, "warp": config.warp,
+        "motion": config.motion,
+    }
+
+
+QUALITY = "quality.json"
+
+
+def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classes: int) -> generated.GeneratedDataset:
+    """Stage 2: writes D_R (``propagate/d_r``), ``propagate/sequence.png`` and
+    ``propagate/quality.json``; skipped when D_R is complete and matches the config
+    (``generated.reusable``), writing only a missing ``quality.json`` from it."""
+    out_dir = os.path.join(workdir, "propagate")
+    path = os.path.join(out_dir, "d_r")
+    pic_path = os.path.join(out_dir, "sequence.png")
+    quality_path = os.path.join(out_dir, QUALITY)
+    info = d_r_info(config, num_classes)
+    plan = propagation_plan(seq, config.propagation_steps)
+    if generated.reusable(path, info) and os.path.exists(pic_path):
+        d_r = generated.GeneratedDataset(path)
+        if not os.path.exists(quality_path):  # a D_R from before quality.json
+            stage.on_host0(lambda: write_json(quality_path, propagation_quality(seq, d_r_by_row(seq, d_r), plan, num_classes)), "quality written")
+        return d_r
+    motion = optical_flow_motion(seq, config.warp) if config.motion == "optical_flow" else make_motion_fn(g_model, jax.device_put(g_params))
+    pairs = joint_propagation(seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch)
+
+    def write():
+        quality = propagation_quality(seq, pairs, plan, num_classes)
+        logging.info("dual motion: D_R quality %s", quality["all"])
+        if not generated.is_complete(path):
+            with generated.GeneratedWriter(path, overwrite=True, info=info) as w:
+                for u in sorted(pairs):
+                    w.add(pairs[u][0], pairs[u][1], video_id=int(seq.video_id[u]), position=float(seq.position[u]), source="propagated", k=plan[u][2])
+        first = np.flatnonzero(seq.starts == seq.starts[0])
+        rows = first[: min(len(first), 2 * config.label_interval + 1)]
+        os.makedirs(out_dir, exist_ok=True)
+        cv2.imwrite(pic_path, sequence_picture(seq, pairs, rows)[..., ::-1])
+        write_json(quality_path, quality)
+
+    stage.on_host0(write, "d_r written")
+    return generated.GeneratedDataset(path)
+
+
+def d_r_by_row(seq: TrainSequence, d_r: generated.GeneratedDataset) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """D_R as {training row: (Î, L̂)}."""
+    key = {(int(v), int(p)): i for i, (v, p) in enumerate(zip(seq.video_id, seq.position))}
+    out = {}
+    for i in range(len(d_r)):
+        r = d_r[i]
+        out[key[(r["video_id"], int(round(r["position"])))]] = (r["image"], r["mask"])
+    return out

@@ -1,0 +1,103 @@
+"""Laparoflow-SSL (Moens et al. 2024): optical-flow-guided self-supervised pixel
+representations, then tiny-label segmentation and key points.
+
+Stages, each resumable from its own checkpoints (``WORKDIR/<stage>/checkpoints``):
+
+1. ``pretrain``: a SegFormer-B0 backbone (256-d unit-norm pixel representations at 1/4
+   resolution) trained on unlabelled frames and their optical flow with the flow-weighted
+   pixel InfoNCE of the paper's Eq. (1), (5)–(9) (or the ablations of its Appendix C,
+   ``config.pretrain.loss``). τ_P and τ_N are estimated before training from the
+   pretraining set (``WORKDIR/pretrain/tau.json``); afterwards ``WORKDIR/pretrain/pca.png``
+   shows three principal components of the representations as colours (paper Fig. 1b).
+2. ``finetune``: backbone frozen; a side-tune network and the segmentation head trained
+   with cross-entropy + Lovász-Softmax on ``config.num_labelled`` frames chosen by
+   ``config.seed``.
+3. ``eval``: per-frame IoU/Dice with per-class figures (``eval/summary.json``, overlays).
+4. ``keypoints`` (datasets with key points): the narrow key-point head on the frozen
+   backbone, Gaussian targets, mean of binary Lovász and cross-entropy; scored as Du et al.
+   (2018) (``eval/keypoints.json``).
+
+``config.baseline = "nossl"`` is the paper's "No SSL": the same network randomly
+initialised, every parameter trained, the same labelled frames and budget.
+
+Files: ``config`` (checks, stride, losses), ``views`` and ``photometric`` (Eq. (2)–(4),
+App. B.2), ``contrastive`` (Eq. (1), (5)–(9), App. C), ``temperatures`` (τ_P, τ_N),
+``segformer`` and ``hf_segformer`` (the backbone and its Hugging Face weights), ``heads``
+(App. D.1), ``pretrain``, ``finetune``, ``keypoints`` (targets, loss, peaks, Du et al.'s
+metric) and ``keypoint_stage``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from jaxsurg import evaluate
+from jaxsurg.config import resolve_stage
+from jaxsurg.data import pipeline, unlabelled
+from jaxsurg.methods import common
+from jaxsurg.methods.laparoflow import finetune, keypoint_stage, pretrain
+from jaxsurg.methods.laparoflow.config import LOSSES, STRIDE, TASK_FOR_DATASET, resolve_task
+from jaxsurg.train import mesh as mesh_lib
+from jaxsurg.train import stage
+
+__all__ = ["LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run"]
+
+# The stages and the config keys their outputs depend on (``config.stages_from``).
+STAGES = (
+    stage.StageSpec("pretrain", ("pretrain", "model")),
+    stage.StageSpec("finetune", stage.MAIN_STAGE + ("baseline", "num_labelled", "image_size", "augment")),
+    stage.StageSpec("keypoints", ("keypoints",)),
+)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """All stages; returns the segmentation summary written to ``eval/summary.json`` (with
+    the key-point scores under ``"keypoints"`` where the dataset has key points)."""
+    config = resolve_task(config)
+    mesh = mesh_lib.make_mesh()
+    data = pipeline.load(config)
+    config = common.resolve_config(config, config.num_labelled)
+    resolve_stage(config.keypoints, config.keypoints.num_labelled)
+    nossl = config.baseline == "nossl"
+    if nossl and config.model.pretrained_segformer:
+        raise ValueError("config.baseline='nossl' is randomly initialised; unset config.model.pretrained_segformer")
+    frames = None if nossl else unlabelled.pretraining_frames(config, data)
+    if frames is not None:
+        resolve_stage(config.pretrain, len(frames))
+    stage.take_stages_from(config, workdir, STAGES)
+    common.write_config(config, workdir)
+    seconds: dict[str, float] = {}
+    backbone = None
+    if not nossl:
+        with stage.timed(seconds, "pretrain"):
+            backbone = pretrain.pretrain(config, workdir, data, frames, mesh)
+    with stage.timed(seconds, "finetune"):
+        model, state, rows = finetune.finetune(config, workdir, data, backbone, mesh)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    predict = evaluate.make_predictor(lambda v, x: model.apply(v, x, train=False), variables, pad_multiple=1)
+    header = {
+        "method": "laparoflow_nossl" if nossl else "laparoflow", "dataset": config.dataset, "task": config.task,
+        "split": data.split_info, "num_labelled": int(len(rows)), "labelled_records": [int(r) for r in rows],
+        "pretrain_loss": config.pretrain.loss if not nossl else None,
+    }
+    tau_path = os.path.join(workdir, "pretrain", "tau.json")
+    if os.path.exists(tau_path):
+        with open(tau_path, encoding="utf-8") as f:
+            header["tau"] = json.load(f)
+    with stage.timed(seconds, "eval"):
+        summary = evaluate.evaluate_segmentation(
+            predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
+            class_names=data.class_names, out_dir=os.path.join(workdir, "eval"), header=header,
+            batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
+        )
+    with stage.timed(seconds, "keypoints"):
+        scores = keypoint_stage.keypoint_stage(config, workdir, data, backbone, mesh)
+    if scores is not None:
+        summary["keypoints"] = scores
+    else:
+        del seconds["keypoints"]
+    return common.finish(summary, seconds, workdir)

@@ -1,0 +1,30 @@
+"""Laparoflow-SSL configuration checks (Moens et al. 2024): the representation stride of
+its SegFormer-B0 backbone (Sec. 2.4), the pretraining losses (Eq. (1) with s^(2,3) and the
+ablations of Appendix C) and the segmentation task of each dataset."""
+
+from __future__ import annotations
+
+import ml_collections
+
+STRIDE = 4  # SegFormer's representation grid: 1/4 of the input
+TASK_FOR_DATASET = {"synthetic": "binary", "cholecseg8k": "laparoflow4"}
+LOSSES = ("flow", "flow_only", "view", "flow+view")
+
+
+def resolve_task(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``task = "auto"`` → the binary task on synthetic data, the paper's 4 classes on
+    CholecSeg8k. Returns a copy."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    if c.task == "auto":
+        if c.dataset not in TASK_FOR_DATASET:
+            raise ValueError(f"config.task='auto' has no default for dataset {c.dataset!r}; set config.task")
+        c.task = TASK_FOR_DATASET[c.dataset]
+    if c.pretrain.loss not in LOSSES:
+        raise ValueError(f"config.pretrain.loss={c.pretrain.loss!r}; known: {LOSSES}")
+    if c.baseline not in ("", "nossl"):
+        raise ValueError(f"config.baseline={c.baseline!r}; known: '' (Laparoflow-SSL) and 'nossl'")
+    for key in ("view_size",):
+        h, w = c.pretrain[key]
+        if h % STRIDE or w % STRIDE:
+            raise ValueError(f"config.pretrain.{key}={tuple(c.pretrain[key])} must be multiples of {STRIDE}")
+    return c
