@@ -57,7 +57,8 @@ def bench_pretrain(args) -> dict:
     from jaxsurg.methods import laparoflow
     from jaxsurg.methods.laparoflow import pretrain
     from jaxsurg.train import mesh as mesh_lib
-    from jaxsurg.train.state import TrainState
+    from jaxsurg.train import step as step_lib
+    from jaxsurg.train.state import TrainState, make_optimizer
 
     config = config_module.get_config("variant=paper")
     config.pretrain.view_size = (args.view, args.view)
@@ -67,10 +68,10 @@ def bench_pretrain(args) -> dict:
     config = laparoflow.resolve_task(config)
     mesh = mesh_lib.make_mesh()
     model = pretrain.build_backbone(config)
-    tx, _ = pretrain.pretrain_optimizer(config.pretrain)
+    tx, schedule = make_optimizer(config.pretrain)
     variables = pretrain._init_variables(model, 0, (args.view, args.view))
-    state = jax.device_put(TrainState.create(variables["params"], tx, variables["batch_stats"]), mesh_lib.replicated(mesh))
-    step = pretrain.make_pretrain_step(model, tx, config, 0.5, 2.0, mesh)
+    state = step_lib.put_replicated(TrainState.create(variables["params"], tx, variables["batch_stats"], schedule), mesh)
+    step = pretrain.make_pretrain_step(model, config, 0.5, 2.0, mesh)
     h, w = int(args.view * 1.2), int(args.view * 1.6)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:h, :w]

@@ -122,7 +122,7 @@ def test_restore_finished_reads_another_run_and_refuses_an_unfinished_one(tmp_pa
     np.testing.assert_array_equal(np.asarray(restored.params["w"]), [7.0, 8.0, 9.0])
     with pytest.raises(ValueError, match=r"config.first.from=.*its fit stage is at step 4, not 10"):
         stage.restore_finished(str(tmp_path), "fit", _state(), 10, "first.from")
-    with pytest.raises(ValueError, match="no other checkpoints"):
+    with pytest.raises(ValueError, match="its other stage is at step 0, not 1"):
         stage.restore_finished(str(tmp_path), "other", _state(), 1, "first.from")
 
 

@@ -121,18 +121,18 @@ def restore_finished(source_workdir: str, name: str, state: Any, total_steps: in
     into the structure and shardings of ``state``; the source is not written.
 
     Raises:
-      ValueError: the source has no checkpoint of that stage, or one short of
-        ``total_steps``; the message names ``key``, the config key that pointed there.
+      ValueError: the source's stage is short of ``total_steps`` (at step 0: no checkpoint);
+        the message names ``key``, the config key that pointed there.
     """
     directory = checkpoint.checkpoint_dir(source_workdir, name)
-    if not os.path.isdir(directory):
-        raise ValueError(f"config.{key}={source_workdir!r}: no {name} checkpoints in {directory}")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    manager = ocp.CheckpointManager(directory, options=options)
-    try:
-        restored, step = checkpoint.restore_latest(manager, state)
-    finally:
-        manager.close()
+    restored, step = state, 0
+    if os.path.isdir(directory):
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        manager = ocp.CheckpointManager(directory, options=options)
+        try:
+            restored, step = checkpoint.restore_latest(manager, state)
+        finally:
+            manager.close()
     if step < total_steps:
         raise ValueError(f"config.{key}={source_workdir!r}: its {name} stage is at step {step}, not {total_steps}; finish it there first")
     return restored
