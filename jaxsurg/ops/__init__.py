@@ -1,1 +1,1 @@
-"""Pure jnp operators: warps and sampling, colour spaces, views."""
+"""Pure jnp operators two or more methods use: warps and sampling, resizing, colour spaces."""

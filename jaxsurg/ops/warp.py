@@ -12,7 +12,7 @@ is the integer pixel centre, so ``x`` runs over ``0 … W−1`` and ``y`` over `
   label maps with nearest sampling).
 - ``sample_bilinear(src, coords)`` / ``sample_nearest(src, coords)``: the samplers behind
   ``backward_warp``, at arbitrary (B, h, w, 2) float pixel coordinates ``(x, y)``; the one
-  implementation of image sampling in jaxsurg (``jaxsurg.ops.views`` uses them too).
+  implementation of image sampling in jaxsurg (``jaxsurg.methods.laparoflow.views`` uses them too).
 
 Both are pure ``jnp`` and the public functions are ``jax.jit``-compiled (their keyword
 options and ``num_classes`` are static arguments; they also trace inside an outer jit),
@@ -254,7 +254,7 @@ def sample_bilinear(
     Pixel ``(row y, column x)`` of ``src`` has its centre at the point ``(x, y)``; the output
     grid (h, w) is independent of ``src``'s (H, W). This is the sampler behind
     :func:`backward_warp` (``coords = p + flow[p]``) and the Laparoflow-SSL view resampling
-    (``jaxsurg.ops.views``, affine ``coords``).
+    (``jaxsurg.methods.laparoflow.views``, affine ``coords``).
 
     Borders (as :func:`backward_warp`):
       - ``'clamp'``: the point is clamped to ``[0, W−1] × [0, H−1]``, which replicates the
