@@ -46,3 +46,29 @@ def test_command_line_override_of_unknown_key_is_refused():
     main_lib.check_override_keys(["prog", f"--config={cfg}", "--config.batch_size=2"])  # fine
     with pytest.raises(SystemExit, match=r"unknown config key\(s\) \['bacth_size'\].*batch_size"):
         main_lib.check_override_keys(["prog", f"--config={cfg}:variant=tiny", "--config.bacth_size=2"])
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_config", os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name,blocks", [
+    ("unet11", ()), ("laparoflow", ("pretrain", "keypoints")), ("dual_motion", ("flow_predictor", "compensator")),
+])
+def test_every_stage_block_has_the_stage_fields_and_builds_its_optimizer(name, blocks):
+    from jaxsurg.train.state import make_optimizer
+
+    m = _load(name)
+    for variant in m.VARIANTS:
+        c = m.get_config(f"variant={variant}")
+        for block in (c, *(c[b] for b in blocks)):  # the top level is the main stage's block
+            assert set(config_lib.STAGE_FIELDS) <= set(block.keys())
+            tx, schedule = make_optimizer(block)
+            assert float(schedule(0)) >= 0.0
+    # A typo in a stage block's field is refused with the known keys.
+    if blocks:
+        with pytest.raises(KeyError, match=rf"unknown config key '{blocks[0]}.total_step'.*{blocks[0]}.total_steps"):
+            m.get_config(f"{blocks[0]}.total_step=3")
