@@ -120,7 +120,9 @@ def test_loss_through_vgg16_is_jittable_with_finite_input_gradient():
     value, g = jax.value_and_grad(loss)(x, y)
     assert np.isfinite(float(value)) and float(value) > 0
     assert g.shape == x.shape and np.all(np.isfinite(g)) and np.any(g != 0)
-    assert float(loss(y, y)) == 0.0
+    # Identical images: zero up to rounding (the two halves of one batched pass may round
+    # differently in XLA:CPU's convolutions: 2.6e-16 seen with jax 0.10.2).
+    assert abs(float(loss(y, y))) <= 1e-9 * float(value)
 
 
 @pytest.mark.parametrize(
