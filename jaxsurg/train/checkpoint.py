@@ -8,13 +8,14 @@ none: written before it was recorded) are refused with a message, never half-res
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-import json
-
 import jax
 import orbax.checkpoint as ocp
+
+from jaxsurg.train.writers import write_json
 
 # 2: train states carry their optimiser (TrainState.apply_gradients), every optimiser has a
 # learning-rate schedule, and a stage may hold a dict of named train states.
@@ -89,8 +90,5 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool =
     The first save also records ``FORMAT`` beside the checkpoints (process 0)."""
     path = _format_path(str(manager.directory))
     if jax.process_index() == 0 and not os.path.exists(path):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT}, f)
-        os.replace(tmp, path)
+        write_json(path, {"format": FORMAT})
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)

@@ -1,10 +1,11 @@
 """The training loop every stage shares: resume, steps, logging, checkpointing, progress.
 
 A stage supplies its jitted ``train_step(state, batch) -> (state, metrics)``
-(``jaxsurg.train.step``) and a function giving the batch stream from a step on; the loop restores the latest checkpoint
-of the stage, runs to ``total_steps``, logs to ``metrics.jsonl`` and TensorBoard, shows a
-progress bar with ETA, saves every ``checkpoint_every`` steps and at the end, and stops
-with ``FloatingPointError`` on a non-finite metric before anything non-finite is saved.
+(``jaxsurg.train.step``) and a function giving the batch stream from a step on; the loop
+restores the latest checkpoint of the stage, runs to ``total_steps``, logs to
+``metrics.jsonl`` and TensorBoard, shows a progress bar with ETA, saves every
+``checkpoint_every`` steps and at the end, and stops with ``FloatingPointError`` on a
+non-finite metric before anything non-finite is saved.
 Because batch ``s`` depends only on the config and ``s``, a run killed and started again
 ends with the same parameters as an uninterrupted one.
 """
