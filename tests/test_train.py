@@ -81,6 +81,52 @@ def test_non_finite_loss_stops_and_is_never_checkpointed(tmp_path):
     assert steps == [3]  # the step-6 checkpoint, after the NaN, was never written
 
 
+def test_one_line_per_stage_start_and_plain_progress(tmp_path, capsys):
+    wd = str(tmp_path)
+    state, step, batches, sched = _setup()
+    loop.train(_cfg(6), wd, state, step, batches)
+    first = capsys.readouterr()
+    state, step, batches, sched = _setup()
+    loop.train(_cfg(6), wd, state, step, batches)  # already complete
+    second = capsys.readouterr()
+    state, step, batches, sched = _setup()
+    loop.train(_cfg(9), wd, state, step, batches)  # longer now: resumes from step 6
+    third = capsys.readouterr()
+    assert first.out == "jaxsurg: stage 'fit': 6 steps of batch 4, starting at step 0\n"
+    assert second.out == "jaxsurg: stage 'fit': complete (6 steps), final checkpoint restored\n"
+    assert third.out == "jaxsurg: stage 'fit': 9 steps of batch 4, resuming from the checkpoint at step 6\n"
+    for err in (first.err, third.err):  # stderr is no terminal here: whole lines only
+        assert "\r" not in err and "\x1b" not in err
+    assert first.err.splitlines()[-1].startswith("fit: 6/6 steps (100%), ")
+    assert third.err.splitlines()[-1].startswith("fit: 9/9 steps (100%), ")
+    assert "fit:" not in second.err  # a complete stage shows no bar
+
+
+def test_resume_after_a_kill_logs_each_step_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 10, "stage": "other", "loss": 1.0}) + "\n")
+    state, step, batches, sched = _setup()
+
+    def killed(start):
+        for i, b in enumerate(batches(start), start):
+            if i == 7:  # steps 1..7 ran, 2, 4 and 6 were logged, the last checkpoint is 4
+                raise KeyboardInterrupt
+            yield b
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_cfg(12, every=4), str(tmp_path), state, step, killed)
+    with open(path, "a") as f:  # a later row of another stage, and a torn write of this one
+        f.write(json.dumps({"step": 20, "stage": "other", "loss": 2.0}) + "\n" + '{"step": 8, "sta')
+    assert [r["step"] for r in map(json.loads, path.read_text().splitlines()[1:4])] == [2, 4, 6]
+    state, step, batches, sched = _setup()
+    loop.train(_cfg(12, every=4), str(tmp_path), state, step, batches)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    pairs = [(r["stage"], r["step"]) for r in rows]
+    assert pairs == [("other", 10), ("fit", 2), ("fit", 4), ("other", 20), ("fit", 6), ("fit", 8), ("fit", 10), ("fit", 12)]
+    assert len(set(pairs)) == len(pairs)
+    assert not os.path.exists(str(path) + ".tmp")
+
+
 def test_distributed_requested_by_environment():
     assert not mesh_lib.distributed_requested({})
     assert mesh_lib.distributed_requested({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})

