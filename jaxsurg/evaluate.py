@@ -8,23 +8,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from jaxsurg import metrics
+from jaxsurg import metrics, progress, visualize
 from jaxsurg.train.writers import write_json
-
-# RGB colours of classes 1, 2, ... in overlays (class 0 = background is left uncoloured).
-PALETTE = np.array(
-    [[0, 230, 64], [255, 196, 0], [0, 160, 255], [255, 64, 160], [160, 90, 255], [255, 120, 40],
-     [0, 230, 220], [200, 255, 80], [255, 255, 255], [120, 60, 20], [90, 160, 90], [250, 40, 40]],
-    np.uint8,
-)
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int = 32) -> np.ndarray:
@@ -37,47 +29,38 @@ def pad_to_multiple(images: np.ndarray, multiple: int = 32) -> np.ndarray:
     return np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
 
 
-def colorize(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blends class colours over an RGB image.
-
-    Args:
-      image: uint8 (H, W, 3). classes: int (H, W); 0 and 255 stay uncoloured.
-      alpha: opacity of the class colours, in [0, 1].
-
-    Returns:
-      uint8 (H, W, 3).
-    """
-    out = image.astype(np.float32)
-    fg = (classes > 0) & (classes != 255)
-    colours = PALETTE[(np.clip(classes, 1, None) - 1) % len(PALETTE)].astype(np.float32)
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
-    return out.astype(np.uint8)
-
-
-def overlay_panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, caption: str) -> np.ndarray:
-    """A side-by-side picture: frame | ground truth | prediction (with the ground-truth
-    outline in white), captioned.
+def overlay_panel(
+    image: np.ndarray, target: np.ndarray, pred: np.ndarray, caption: str, class_names: Sequence[str] | None = None
+) -> np.ndarray:
+    """The ``eval/overlays/*.png`` picture: three titled panels, "frame" | "ground truth" |
+    "prediction" (with the ground-truth outline in white), scaled up (nearest) to at least
+    ``visualize.MIN_SIDE`` px on the short side, the caption in a strip under them and a
+    colour legend of the classes (and the outline) under that (``visualize.compose``).
 
     Args:
       image: uint8 (H, W, 3) RGB. target, pred: int (H, W) class maps (255 = ignore).
-      caption: text drawn on the first panel.
+      caption: the frame's figures (e.g. record, IoU, Dice).
+      class_names: the task's classes, index 0 = background, for the legend; None names
+        the classes that occur in ``target`` or ``pred`` "class c".
 
     Returns:
-      uint8 (k·H, 3·k·W, 3) RGB, k = ceil(240 / H) so that small frames stay legible.
+      uint8 (H', W', 3) RGB, each panel k·H × k·W with k = ``visualize.upscale_factor``.
     """
-    k = -(-240 // image.shape[0])
-    if k > 1:
-        image, target, pred = (np.repeat(np.repeat(a, k, axis=0), k, axis=1) for a in (image, target, pred))
-    pred_view = colorize(image, pred)
+    image, target, pred = (visualize.upscale(np.asarray(a), visualize.MIN_SIDE) for a in (image, target, pred))
+    thickness = max(1, min(image.shape[:2]) // 200)
+    pred_view = visualize.colorize(image, pred)
     for c in np.unique(target):
         if c in (0, 255):
             continue
         contours, _ = cv2.findContours((target == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(pred_view, contours, -1, (255, 255, 255), 1)
-    panel = np.concatenate([image, colorize(image, target), pred_view], axis=1)
-    scale = max(image.shape[0] / 480, 0.35)
-    cv2.putText(panel, caption, (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return panel
+        cv2.drawContours(pred_view, contours, -1, (255, 255, 255), thickness)
+    if class_names is None:
+        present = sorted(int(c) for c in np.union1d(np.unique(target), np.unique(pred)) if c not in (0, 255))
+        legend = [(f"class {c}", visualize.class_colour(c)) for c in present]
+    else:
+        legend = visualize.class_legend(class_names)
+    legend = [*legend, ("ground-truth outline", (255, 255, 255))]
+    return visualize.compose([image, visualize.colorize(image, target), pred_view], ["frame", "ground truth", "prediction"], caption=caption, legend=legend)
 
 
 def make_predictor(
@@ -151,12 +134,14 @@ def evaluate_segmentation(
             ids.append(rid)
             if k in overlay_at:
                 s = metrics.frame_scores({n: v[j : j + 1] for n, v in c.items()})
-                caption = f"record {rid}  IoU {s['iou'][0]:.3f}  Dice {s['dice'][0]:.3f}"
-                png = overlay_panel(ex["image"], targets[j], preds[j], caption)
+                caption = f"test frame {k + 1} of {num_frames} (record {rid}):   IoU {s['iou'][0]:.3f}   Dice {s['dice'][0]:.3f}"
+                if len(class_names) > 2:
+                    caption += "   (mean over the foreground classes present)"
+                png = overlay_panel(ex["image"], targets[j], preds[j], caption, class_names)
                 cv2.imwrite(os.path.join(out_dir, "overlays", f"{k:04d}_record{rid}.png"), png[..., ::-1])
         buffer.clear()
 
-    for item in tqdm(frames, total=num_frames, desc="eval", unit="frame", disable=jax.process_index() != 0):
+    for item in progress.bar(frames, total=num_frames, desc="eval", unit="frame"):
         buffer.append(item)
         if len(buffer) == batch_size:
             flush()

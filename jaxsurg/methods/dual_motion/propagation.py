@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsurg import evaluate, metrics
-from jaxsurg.data import generated, pipeline
+from jaxsurg import metrics, visualize
+from jaxsurg.data import datasets, generated, pipeline
 from jaxsurg.data.sequences import TrainSequence
 from jaxsurg.methods.dual_motion.flow_predictor import MotionFlowPredictor
 from jaxsurg.methods.dual_motion.training import _chunks
@@ -212,29 +212,84 @@ def propagation_quality(
     return out
 
 
-def sequence_picture(seq: TrainSequence, d_r: dict[int, tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> np.ndarray:
-    """Paper Fig. 3: the rebuilt training sequence for ``rows`` — raw frames (top),
-    the frames trained on (raw where labelled, propagated Î elsewhere; black where no pair),
-    and their labels (bottom) in colour; labelled columns framed in white. uint8
-    (3·s·H, len(rows)·s·W, 3) RGB, s = ceil(120 / H)."""
+def sequence_picture(
+    seq: TrainSequence,
+    d_r: dict[int, tuple[np.ndarray, np.ndarray]],
+    rows: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    caption: str = "",
+) -> np.ndarray:
+    """Paper Fig. 3, the ``propagate/sequence.png`` picture: the rebuilt training sequence
+    for ``rows``, one column per row — the raw frame (top), the frame trained on (raw where
+    labelled, propagated Î elsewhere, black where no pair) and its label (bottom) in colour
+    (background dark grey, no label black); labelled columns framed in white. Each panel
+    is titled with its position in the video and scaled up (nearest) to at least
+    ``visualize.MIN_SIDE`` px on the short side; ``caption`` and a class legend go under
+    the grid (``visualize.compose``).
+
+    Args:
+      seq: the training sequence. d_r: {row: (Î uint8 (H, W, 3), L̂ uint8 (H, W))}.
+      rows: int (n,) training rows to show, in order.
+      class_names: the task's classes (index 0 = background) for the legend; None names
+        the classes shown "class c".
+      caption: text under the grid (e.g. D_R's quality).
+
+    Returns:
+      uint8 (H', W', 3) RGB.
+    """
     h, w = seq.frames.shape[1:3]
-    top, mid, bottom = [], [], []
+    grey = (40, 40, 40)
+    k = visualize.upscale_factor((h, w))
+    border = max(2, k * min(h, w) // 100)
+    rows_of_panels: tuple[list, list, list] = ([], [], [])
+    titles: tuple[list, list, list] = ([], [], [])
+    shown = set()
     for r in rows:
-        top.append(seq.frames[r])
+        t = int(seq.position[r])
         if seq.labelled[r]:
-            img, lab = seq.frames[r], seq.masks[r]
+            img, lab, kind = seq.frames[r], seq.masks[r], "labelled"
         elif int(r) in d_r:
-            img, lab = d_r[int(r)]
+            img, lab, kind = *d_r[int(r)], "propagated"
         else:
-            img, lab = np.zeros((h, w, 3), np.uint8), np.full((h, w), 255, np.uint8)
-        mid.append(img)
-        bottom.append(evaluate.colorize(np.zeros_like(img) + 40, lab.astype(np.int64), alpha=1.0))
-    pic = np.concatenate([np.concatenate(x, axis=1) for x in (top, mid, bottom)], axis=0)
-    for i, r in enumerate(rows):  # mark labelled columns
-        if seq.labelled[r]:
-            cv2.rectangle(pic, (i * w, 0), (i * w + w - 1, 3 * h - 1), (255, 255, 255), 1)
-    scale = max(1, -(-120 // h))  # small frames scaled up (nearest) to stay legible
-    return np.repeat(np.repeat(pic, scale, axis=0), scale, axis=1)
+            img, lab, kind = np.zeros((h, w, 3), np.uint8), np.full((h, w), 255, np.uint8), "no pair"
+        base = np.full((h, w, 3), grey, np.uint8)
+        base[lab == 255] = 0
+        shown.update(int(c) for c in np.unique(lab) if c not in (0, 255))
+        panels = [visualize.upscale(np.asarray(x), visualize.MIN_SIDE) for x in (seq.frames[r], img, visualize.colorize(base, lab.astype(np.int64), alpha=1.0))]
+        for i, (panel, title) in enumerate(zip(panels, (f"t={t}: frame", f"t={t}: trained on ({kind})", f"t={t}: its label"))):
+            if seq.labelled[r]:
+                panel = np.ascontiguousarray(panel.copy())
+                cv2.rectangle(panel, (0, 0), (panel.shape[1] - 1, panel.shape[0] - 1), (255, 255, 255), border)
+            rows_of_panels[i].append(panel)
+            titles[i].append(title)
+    if class_names is None:
+        legend = [(f"class {c}", visualize.class_colour(c)) for c in sorted(shown)]
+    else:
+        legend = visualize.class_legend(class_names)
+    legend = [("background" if class_names is None else str(class_names[0]), grey), ("no label", (0, 0, 0)), *legend]
+    return visualize.compose(sum(rows_of_panels, []), sum(titles, []), columns=len(rows), caption=caption, legend=legend)
+
+
+def _sequence_caption(quality: dict[str, Any]) -> str:
+    """The caption of ``sequence.png``: what the picture shows and D_R's quality (``all``)."""
+    q = quality["all"]
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    return (
+        "Rebuilt training sequence (paper Fig. 3); white frame = labelled frame, other columns are propagated from the "
+        f"nearest labelled frame. D_R, {q['frames']} propagated frames: label IoU {fmt(q['label_iou'], '.3f')} "
+        f"(zero motion {fmt(q['zero_motion_iou'], '.3f')}), label Dice {fmt(q['label_dice'], '.3f')}, "
+        f"coverage {fmt(q['coverage'], '.0%')}, PSNR {fmt(q['psnr_db'], '.1f')} dB."
+    )
+
+
+def _class_names(config, num_classes: int) -> tuple[str, ...] | None:
+    """The task's class names for the picture's legend; None when unknown or not
+    ``num_classes`` long (the legend then says "class c")."""
+    try:
+        names = datasets.task_classes(config.dataset, config.task)
+    except (ValueError, ImportError, AttributeError, KeyError):
+        return None
+    return names if len(names) == num_classes else None
 
 
 def d_r_info(config, num_classes: int) -> dict[str, Any]:
@@ -278,7 +333,8 @@ def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classe
         first = np.flatnonzero(seq.starts == seq.starts[0])
         rows = first[: min(len(first), 2 * config.label_interval + 1)]
         os.makedirs(out_dir, exist_ok=True)
-        cv2.imwrite(pic_path, sequence_picture(seq, pairs, rows)[..., ::-1])
+        picture = sequence_picture(seq, pairs, rows, _class_names(config, num_classes), _sequence_caption(quality))
+        cv2.imwrite(pic_path, picture[..., ::-1])
         write_json(quality_path, quality)
 
     stage.on_host0(write, "d_r written")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsurg import visualize
 from jaxsurg.data import pipeline
 from jaxsurg.methods.laparoflow import keypoints as kp
 from jaxsurg.methods.laparoflow.finetune import choose_labelled, init_downstream, make_downstream_step
@@ -93,7 +94,13 @@ def evaluate_keypoints(config, model, state, data, out_dir: str) -> dict[str, An
         truth = [ex["keypoints"][ex["keypoints_visible"][:, t], t] for t in range(ex["keypoints"].shape[1])]
         counts.append(kp.match_keypoints(peaks, truth, radius=k.match_radius, scale=(256.0 / w, 256.0 / h)))
         if shown < config.num_overlays and i % max(1, len(frames) // max(config.num_overlays, 1)) == 0:
-            cv2.imwrite(os.path.join(out_dir, "keypoint_overlays", f"{shown:04d}_record{int(data.test_rows[i])}.png"), _keypoint_overlay(ex["image"], peaks, truth)[..., ::-1])
+            c = counts[-1]
+            caption = (
+                f"test record {int(data.test_rows[i])}:   TP {int(c.tp.sum())}   FP {int(c.fp.sum())}   FN {int(c.fn.sum())}"
+                f"   (a prediction within {k.match_radius:g} px at 256x256 of a true point is a TP)"
+            )
+            picture = _keypoint_overlay(ex["image"], peaks, truth, caption)
+            cv2.imwrite(os.path.join(out_dir, "keypoint_overlays", f"{shown:04d}_record{int(data.test_rows[i])}.png"), picture[..., ::-1])
             shown += 1
     if not counts:
         raise ValueError("key-point evaluation found no test frame with a visible key point")
@@ -102,14 +109,41 @@ def evaluate_keypoints(config, model, state, data, out_dir: str) -> dict[str, An
     return summary
 
 
-def _keypoint_overlay(image: np.ndarray, peaks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
-    """Ground truth as rings, predictions as filled dots, one colour per key-point type."""
-    colours = [(255, 64, 64), (64, 160, 255), (255, 220, 0), (0, 220, 120)]
-    out = np.ascontiguousarray(image.copy())
+# RGB colour of each key-point type (in the type order of the data) in the overlays.
+_KEYPOINT_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 220, 0), (0, 220, 120))
+
+
+def _keypoint_overlay(image: np.ndarray, peaks: list[np.ndarray], truth: list[np.ndarray], caption: str = "") -> np.ndarray:
+    """The ``eval/keypoint_overlays/*.png`` picture: "frame" | "key points" (ground truth
+    as rings, predictions as filled dots, one colour per key-point type), scaled up
+    (nearest) to ``visualize.MIN_SIDE`` px on the short side before the marks are drawn,
+    titled, with ``caption`` (the frame's counts) and a legend of the type names under it.
+
+    Args:
+      image: uint8 (H, W, 3) RGB frame.
+      peaks, truth: per key-point type K, float (n, 2) predicted / true (x, y) in ``image``'s
+        pixel-centre coordinates.
+      caption: text under the panels.
+
+    Returns:
+      uint8 (H', W', 3) RGB.
+    """
+    scale = visualize.upscale_factor(image.shape)
+    big = np.ascontiguousarray(visualize.upscale(image))
+    marks = big.copy()
+    ring, dot = max(6, round(2.5 * scale)), max(3, round(1.5 * scale))
+    line = max(1, min(big.shape[:2]) // 200)
+
+    def at(x, y):  # pixel-centre coordinates scale as (x + 0.5)·k − 0.5
+        return int(round((x + 0.5) * scale - 0.5)), int(round((y + 0.5) * scale - 0.5))
+
     for t, (pred, gt) in enumerate(zip(peaks, truth)):
-        c = colours[t % len(colours)]
+        c = _KEYPOINT_COLOURS[t % len(_KEYPOINT_COLOURS)]
         for x, y in np.asarray(gt).reshape(-1, 2):
-            cv2.circle(out, (int(round(x)), int(round(y))), 6, c, 1, cv2.LINE_AA)
+            cv2.circle(marks, at(x, y), ring, c, line + 1, cv2.LINE_AA)
         for x, y in np.asarray(pred).reshape(-1, 2):
-            cv2.circle(out, (int(round(x)), int(round(y))), 3, c, -1, cv2.LINE_AA)
-    return out
+            cv2.circle(marks, at(x, y), dot, c, -1, cv2.LINE_AA)
+    num = len(truth)
+    names = kp.KEYPOINT_NAMES if num == len(kp.KEYPOINT_NAMES) else tuple(f"type_{t}" for t in range(num))
+    legend = [(n, _KEYPOINT_COLOURS[t % len(_KEYPOINT_COLOURS)]) for t, n in enumerate(names)]
+    return visualize.compose([big, marks], ["frame", "key points (ring: ground truth, dot: prediction)"], caption=caption, legend=legend)

@@ -183,7 +183,8 @@ def pretrain(
 
 def write_pca_picture(model: SegFormer, backbone: dict[str, Any], config: ml_collections.ConfigDict, data: pipeline.LoadedDataset, path: str) -> None:
     """``pretrain/pca.png``: test frames beside the first three principal components of
-    their representations as colours (paper Fig. 1b / 5c)."""
+    their representations as colours (paper Fig. 1b / 5c), titled and captioned
+    (``visualize.pca_figure``)."""
     n = min(config.pretrain.pca_frames, len(data.test_rows))
     pick = np.linspace(0, len(data.test_rows) - 1, n).round().astype(int)
     frames = pipeline.Frames(data.test_source, data.test_rows[pick], config.task, ("image",))
@@ -193,6 +194,6 @@ def write_pca_picture(model: SegFormer, backbone: dict[str, Any], config: ml_col
     reps = np.asarray(jax.device_get(reps))
     fov = np.stack([unlabelled.field_of_view(im, threshold=config.pretrain.fov_threshold) for im in images])
     fov_small = np.stack([cv2.resize(f.astype(np.uint8), reps.shape[2:0:-1], interpolation=cv2.INTER_NEAREST) for f in fov]).astype(bool)
-    panel = visualize.pca_panel(images, reps, valid=fov_small if fov_small.any() else None)
+    panel = visualize.pca_figure(images, reps, valid=fov_small if fov_small.any() else None)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cv2.imwrite(path, panel[..., ::-1])
