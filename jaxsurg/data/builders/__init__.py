@@ -16,7 +16,6 @@ Modules are imported on first use (TFDS is a heavy import).
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -58,11 +57,25 @@ def prepare(
         (``"fps=10,max_side=480"``) or both (``"tiny:train_clips=4"``); None = default.
 
     For datasets read from a manual dir, the config name gets a digest of the dir's path
-    and of its files' names and sizes, so another or a changed manual dir is built anew
-    instead of silently reusing an old build.
+    and of the CONTENT of its input files (relative paths and BLAKE2b of the bytes), so
+    another manual dir, or one whose files changed (relabelled masks of the same byte size
+    included), is built anew instead of silently reusing an old build. Content hashes
+    are cached in ``data_dir/<name>/.content_hashes.json`` per file with its size, mtime
+    and ctime, so that a second run hashes only new or changed files.
+
+    Prints one line on process 0: ``jaxsurg: dataset <name>/<config>: reused from <dir>``
+    or ``jaxsurg: dataset <name>/<config>: building [from <manual dir>] into <dir>``
+    (TFDS's own messages about the build are left out; its progress bars stay).
+
+    Safe to call from several processes at once on one ``data_dir``: the check-and-build
+    runs under an exclusive file lock ``data_dir/<name>/<config name>.lock``; a process
+    that finds the lock held prints ``jaxsurg: dataset <name>/<config>: waiting for
+    another process building it into <dir>``, waits, and then reuses that build.
 
     An interrupted build leaves nothing that looks complete (TFDS builds in an
-    ``incomplete.*`` directory and renames it at the end); calling again rebuilds.
+    ``incomplete.*`` directory and renames it at the end); calling again rebuilds, and
+    once that build succeeds the leftover ``incomplete.*`` directories of the config are
+    removed.
 
     Returns:
       The builder; read it with ``builder.as_data_source()[split]``.
@@ -71,24 +84,49 @@ def prepare(
       ValueError: unknown name or config; bad input data (the message names the file).
       FileNotFoundError: a missing or empty manual dir (the message says where to put
         the files and in which layout).
+      OSError: an input file that cannot be read, or a lock file that cannot be created
+        (read-only ``data_dir`` without the built dataset).
     """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     from jaxsurg.data.builders import common  # pylint: disable=g-import-not-at-top
+    from jaxsurg.progress import say  # pylint: disable=g-import-not-at-top
 
     cls = builder_class(name)
     builder_config = common.resolve_config(cls, config)
     data_dir = os.path.expanduser(data_dir)
     download_config = tfds.download.DownloadConfig()
+    source = ""
     if cls.MANUAL_DOWNLOAD_INSTRUCTIONS:
         manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, "downloads", "manual", name))
-        digest = importlib.import_module(cls.__module__).source_fingerprint(manual_dir)
+        cache_path = os.path.join(data_dir, name, common.CONTENT_HASH_CACHE)
+        digest = importlib.import_module(cls.__module__).source_fingerprint(manual_dir, cache_path)
         builder_config = common.replace_config(
             builder_config, name=f"{builder_config.name}-{digest}", description=f"{builder_config.description or ''} [from {os.path.abspath(manual_dir)}]"
         )
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder = cls(data_dir=data_dir, config=builder_config, file_format="array_record")
-    if not builder.is_prepared():
-        logging.info("building %s/%s into %s", name, builder_config.name, builder.data_dir)
-        builder.download_and_prepare(download_config=download_config, file_format="array_record")
+        source = f" from {os.path.abspath(manual_dir)}"
+    label = f"dataset {name}/{builder_config.name}"
+
+    def make() -> tfds.core.DatasetBuilder:
+        return cls(data_dir=data_dir, config=builder_config, file_format="array_record")
+
+    with common.quiet_tfds():
+        builder = make()
+        if builder.is_prepared():  # no lock needed to read a finished build (read-only data dirs too)
+            say(f"{label}: reused from {builder.data_dir}")
+            return builder
+        lock = os.path.join(data_dir, name, f"{builder_config.name}.lock")
+
+        def waiting() -> None:
+            say(f"{label}: waiting for another process building it into {builder.data_dir} (lock {lock})")
+
+        with common.build_lock(lock, on_wait=waiting):
+            builder = make()  # anew: another process may have finished the build meanwhile
+            if builder.is_prepared():
+                say(f"{label}: reused from {builder.data_dir}")
+                return builder
+            say(f"{label}: building{source} into {builder.data_dir}")
+            builder.download_and_prepare(download_config=download_config, file_format="array_record")
+            common.remove_incomplete(os.path.dirname(os.fspath(builder.data_path)))
     return builder

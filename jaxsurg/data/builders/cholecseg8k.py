@@ -182,18 +182,19 @@ def find_frames(root: str) -> list[Frame]:
     return frames
 
 
-def source_fingerprint(root: str) -> str:
-    """Digest of the frames and masks under ``root`` (paths and sizes), naming a build.
+def source_fingerprint(root: str, cache_path: str | None = None) -> str:
+    """Digest of the content of the frames and masks under ``root`` (their relative paths
+    and bytes, ``common.content_fingerprint``), naming a build.
+
+    Args:
+      root: the manual dir.
+      cache_path: JSON cache of content hashes (None = hash every file).
 
     Raises:
-      As ``find_frames``.
+      As ``find_frames``; OSError for a file that cannot be read.
     """
-    listing = []
-    for f in find_frames(root):
-        for path in (f.path, f.mask_path):
-            if path:
-                listing.append((os.path.relpath(path, root), os.path.getsize(path)))
-    return common.fingerprint(os.path.abspath(root), listing)
+    paths = [p for f in find_frames(root) for p in (f.path, f.mask_path) if p]
+    return common.content_fingerprint(root, paths, cache_path)
 
 
 def read_codes(mask_path: str, frame_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -112,16 +112,19 @@ def find_inputs(root: str) -> list[tuple[str, tuple[str, ...]]]:
     return sorted(found, key=lambda item: common.natural_sort_key(os.path.relpath(item[0], root)))
 
 
-def source_fingerprint(root: str) -> str:
-    """Digest of the inputs under ``root`` (paths and sizes), naming a build.
+def source_fingerprint(root: str, cache_path: str | None = None) -> str:
+    """Digest of the content of the inputs under ``root`` (relative paths and bytes of
+    every video file and frame, ``common.content_fingerprint``), naming a build.
+
+    Args:
+      root: the manual dir.
+      cache_path: JSON cache of content hashes (None = hash every file).
 
     Raises:
-      As ``find_inputs``.
+      As ``find_inputs``; OSError for a file that cannot be read.
     """
-    listing = []
-    for path, files in find_inputs(root):
-        listing.extend((os.path.relpath(p, root), os.path.getsize(p)) for p in (files or (path,)))
-    return common.fingerprint(os.path.abspath(root), listing)
+    paths = [p for path, files in find_inputs(root) for p in (files or (path,))]
+    return common.content_fingerprint(root, paths, cache_path)
 
 
 def probe(path: str, files: tuple[str, ...], root: str, default_fps: float) -> Source:
