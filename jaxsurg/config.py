@@ -23,11 +23,11 @@ STAGE_FIELDS = dict(
     epochs=0,  # > 0: total_steps = epochs × ceil(examples per epoch / batch_size)
     batch_size=4,  # global batch
     optimizer="adam",  # adam (L2 weight decay added to the gradient, as PyTorch) | adamw (decoupled)
-    learning_rate=1e-4,
+    learning_rate=1e-4,  # peak learning rate of the optimiser
     lr_schedule="step",  # step (× lr_decay_factor every lr_decay_every steps; constant by default) | warmup_cosine
     warmup_steps=0,  # warmup_cosine: linear warm-up steps from 0
-    weight_decay=0.0,
-    lr_decay_factor=1.0,
+    weight_decay=0.0,  # L2 penalty (adam) or decoupled decay (adamw)
+    lr_decay_factor=1.0,  # step schedule: learning rate × this every lr_decay_every steps
     lr_decay_every=0,  # steps; 0 = constant learning rate
     lr_decay_every_epochs=0,  # > 0 replaces lr_decay_every, in epochs
     log_every=10,  # steps between metric records
@@ -78,9 +78,9 @@ def resolve_stage(block: ml_collections.ConfigDict, examples_per_epoch: int) -> 
 def base_config() -> ml_collections.ConfigDict:
     """The keys every method's config has, with defaults for the embedded synthetic data."""
     c = ml_collections.ConfigDict()
-    c.method = ""
+    c.method = ""  # the method run: unet11 | laparoflow | dual_motion
     c.variant = "default"  # tiny (CI smoke test) | default (this 2-core CPU) | paper
-    c.seed = 0
+    c.seed = 0  # seeds initialisation, batches, augmentation and labelled-frame choice
     # Data.
     c.dataset = "synthetic"  # synthetic | cholecseg8k | surgical_video
     c.data_dir = ""  # raw files of datasets that need them (CholecSeg8k's official layout)
@@ -91,19 +91,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_interval = 1  # 1 = every training frame labelled; h = every h-th
     c.train_fraction = 2 / 3  # temporal split of CholecSeg8k videos
     c.clip_length = 1  # frames per training example
-    c.batch_keys = ("image", "mask", "has_label")
-    c.data_threads = 2
-    c.augment = ml_collections.ConfigDict(
-        dict(hflip=True, vflip=False, brightness=0.0, contrast=0.0, saturation=0.0, hue_degrees=0.0)
-    )
+    c.batch_keys = ("image", "mask", "has_label")  # record fields a training batch holds
+    c.data_threads = 2  # grain worker threads reading and augmenting examples
+    c.augment = ml_collections.ConfigDict(dict(
+        hflip=True,  # random horizontal flips of training crops
+        vflip=False,  # random vertical flips
+        brightness=0.0,  # colour jitter: additive offset from U(-b, b), in [0, 1] intensity units
+        contrast=0.0,  # contrast factor from U(1 - c, 1 + c) about the mean grey
+        saturation=0.0,  # HSV saturation factor from U(1 - s, 1 + s)
+        hue_degrees=0.0,  # hue shift from U(-h, h) degrees
+    ))
     c.stages_from = ""  # WORKDIR of another run: its finished stages made with the same settings are reused
     # The main stage's block (STAGE_FIELDS): U-Net11 train, Laparoflow-SSL finetune, Dual MF segment.
     for k, v in STAGE_FIELDS.items():
         c[k] = v
     # Bookkeeping.
-    c.keep_checkpoints = 2
-    c.eval_batch_size = 4
-    c.num_overlays = 8
+    c.keep_checkpoints = 2  # latest checkpoints kept per stage
+    c.eval_batch_size = 4  # test frames per evaluation batch (does not change a score)
+    c.num_overlays = 8  # test frames drawn into eval/overlays
     return c
 
 
@@ -190,3 +195,24 @@ def make_config(
     base.variant = variant
     variants[variant](base)
     return apply_overrides(base, overrides)
+
+
+def check_size(config: ml_collections.ConfigDict, key: str, multiple: int = 1, *, what: str = "") -> tuple[int, int]:
+    """Checks that the dotted ``key`` of ``config`` is an (H, W) pair of positive integers,
+    each a multiple of ``multiple`` (pixels), and returns it as a tuple.
+
+    Args:
+      what: why the multiple is needed (e.g. "U-Net11 halves the frame 5 times"), for the message.
+
+    Raises:
+      ValueError: naming ``config.<key>``, its value and what was expected.
+    """
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    reason = f" ({what})" if what else ""
+    if not isinstance(node, (tuple, list)) or len(node) != 2 or not all(isinstance(v, int) and v > 0 for v in node):
+        raise ValueError(f"config.{key}={node!r}: expected (H, W), two positive integers in pixels, e.g. --config.{key}='(128, 160)'")
+    if node[0] % multiple or node[1] % multiple:
+        raise ValueError(f"config.{key}={tuple(node)}: H and W must be multiples of {multiple}{reason}")
+    return int(node[0]), int(node[1])

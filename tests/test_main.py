@@ -47,6 +47,23 @@ def test_main_tiny_on_synthetic_and_rerun_resumes(tmp_path):
     again = json.load(open(tmp_path / "w" / "eval" / "summary.json"))
     assert again["iou_mean"] == summary["iou_mean"]
     assert len(open(tmp_path / "w" / "metrics.jsonl").readlines()) == logged  # no step was run again
+    # The same workdir with another model size is refused before anything runs (it used to
+    # fail in orbax; with another dataset it used to score the old model on the new data).
+    for extra, words in (
+        ("--config.model.num_filters=16", "model.num_filters: 8 there, 16 now"),
+        ("--config.dataset=cholecseg8k", "dataset: 'synthetic' there, 'cholecseg8k' now"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "jaxsurg.main", "--config=configs/unet11.py:variant=tiny", f"--workdir={tmp_path / 'w'}", extra],
+            cwd=ROOT, env=dict(os.environ, JAXSURG_TFDS_DIR=str(tmp_path / "tfds")),
+            capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode != 0 and words in out.stderr and "--overwrite" in out.stderr, out.stderr[-2000:]
+    assert json.load(open(tmp_path / "w" / "eval" / "summary.json")) == again  # nothing was touched
+    # A key that changes no result (the evaluation batch) may differ: the trained stage is kept.
+    out = _run(tmp_path / "w", tmp_path / "tfds", "--config.eval_batch_size=2")
+    assert len(open(tmp_path / "w" / "metrics.jsonl").readlines()) == logged
+    assert "Dice" in out.stdout and "smoke test, not a result" in out.stdout
 
 
 @pytest.mark.slow

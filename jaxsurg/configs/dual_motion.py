@@ -119,14 +119,14 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         num_filters=32,  # U-Net11's nf
         jaccard_weight=0.3,  # TernausNet loss (1 − w)·CE − w·log(soft IoU)
-        dtype="float32",
+        dtype="float32",  # computation dtype; bfloat16 on accelerators
         pretrained_vgg11="",  # optional torchvision VGG11 state_dict for U-Net11's encoder
     ))
     c.convlstm = ml_collections.ConfigDict(dict(
         clip_length=5,  # consecutive entries of the rebuilt sequence per clip
-        layers=2,
-        lr_convlstm=1e-4,
-        lr_base=1e-5,
+        layers=2,  # stacked ConvLSTM layers at U-Net11's bottleneck
+        lr_convlstm=1e-4,  # Adam learning rate of the ConvLSTM layers
+        lr_base=1e-5,  # Adam learning rate of the U-Net11 layers
         init_from="",  # WORKDIR of a finished Dual MF (or Single MF) run: start U-Net11 from its segment stage
     ))
     c.flow_predictor = stage_block(
@@ -135,24 +135,24 @@ def get_config(arg=None):
             # zero: final conv zeroed, G starts near zero motion (ours) | sdc: SDC-Net's init, as the
             # authors' code (a fresh G predicts ~30 px flows; after 60 steps its D_R is far worse
             # than copying the labelled frame's label: propagate/quality.json)
-            output_init="zero",
+            output_init="zero",  # zero | sdc: G's final conv initialisation (see the comment above)
             weights="paper",  # paper: 0.7 L1 + 0.2 perceptual + 0.1 smooth | code: 2 L1 + 1000 Gram + 0.2 smooth + 0.1 image gradient
-            perceptual_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-            time_reverse_p=0.5,
+            perceptual_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),  # VGG16 layers of the perceptual term
+            time_reverse_p=0.5,  # probability a training window is reversed in time
         ),
         # An epoch of G (epochs > 0) is the number of training frames.
         total_steps=1000, batch_size=4, learning_rate=1e-4, log_every=10, checkpoint_every=500,
     )
     c.compensator = stage_block(
         dict(
-            base_features=32,
+            base_features=32,  # compensator U-Net widths start
             t=0.5,  # intermediate time i of Eq. (4)
-            lambda0=1.0,
-            lambda_i=0.8,
-            lambda1=2.0,
-            lambda_p=0.01,
-            perceptual_layers=("relu4_3",),
-            perceptual_distance="l1",
+            lambda0=1.0,  # λ0 of Eq. (6): L1 weight at frame 0
+            lambda_i=0.8,  # λi: L1 weight at the intermediate frame
+            lambda1=2.0,  # λ1: L1 weight at frame 1
+            lambda_p=0.01,  # λp: perceptual term weight (0 = off)
+            perceptual_layers=("relu4_3",),  # VGG16 layers of the perceptual term
+            perceptual_distance="l1",  # l1 | l2 distance between VGG16 features
             use_coverage=False,  # L1 terms only over pixels the whole chain of warps covered
         ),
         # An epoch of the compensator (epochs > 0) is the number of training frames.

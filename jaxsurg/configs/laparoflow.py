@@ -108,8 +108,8 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         variant="b0",  # MiT-B0 sizes (REFERENCE.md)
         out_dim=256,  # per-pixel representation size
-        drop_path=0.1,
-        dropout=0.1,
+        drop_path=0.1,  # stochastic depth rate of the MiT blocks
+        dropout=0.1,  # dropout rate of the MiT blocks
         dtype="float32",  # computation dtype; bfloat16 on TPU
         pretrained_segformer="",  # optional Hugging Face SegFormer .safetensors / state_dict for the backbone
     ))
@@ -124,17 +124,17 @@ def get_config(arg=None):
             num_anchors=16,  # anchors per image
             num_pairs=0,  # > 0: per anchor, this many positives and negatives drawn (unbiased); 0 = all pairs (exact)
             min_flow=1 / 3,  # px; slower anchors are skipped
-            tau0=0.07,
-            negative_weight=10.0,
-            counterpart_weight=4.0,
+            tau0=0.07,  # similarity temperature τ0 of Eq. (5)
+            negative_weight=10.0,  # λ on negative similarities in Eq. (1)
+            counterpart_weight=4.0,  # positive weight of the exact cross-view counterpart
             tau_quantiles=(0.25, 0.75),  # τ_P, τ_N = these quantiles of the relative flow distances
             tau_p=0.0,  # > 0 fixes τ_P instead of estimating it
-            tau_n=0.0,
+            tau_n=0.0,  # > 0 fixes τ_N instead of estimating it
             quantile_frames=200,  # frames sampled to estimate τ_P, τ_N
             radius_fraction=1 / 3,  # view-contrastive negatives lie beyond this fraction of the width
-            max_zoom=1.5,
-            rotate=True,
-            flip=True,
+            max_zoom=1.5,  # views are zoomed by up to this factor
+            rotate=True,  # views are rotated at random
+            flip=True,  # views are flipped at random
             fov_threshold=12,  # brightness under which border-connected pixels are outside the endoscope
             pca_frames=4,  # test frames in the PCA picture of the representations
         ),
@@ -145,10 +145,10 @@ def get_config(arg=None):
     c.keypoints = stage_block(
         dict(
             enabled=True,  # runs where the dataset has key points (synthetic)
-            num_labelled=16,
-            image_size=(128, 128),
+            num_labelled=16,  # frames with key points for the key-point head, chosen by config.seed
+            image_size=(128, 128),  # (H, W) key-point training crops
             sigma=3.0,  # px, Gaussian targets at the training resolution
-            threshold=0.5,
+            threshold=0.5,  # heat-map peaks above this are key points
             nms_radius=6,  # px
             match_radius=20.0,  # px at 256×256 (Du et al. 2018)
         ),

@@ -29,6 +29,7 @@ class DatasetSpec:
       split_mode: ``builder`` (its own train/test splits) or ``temporal`` (see module doc).
       needs_manual_dir: whether ``config.data_dir`` must point at the raw files.
       default_resize: (height, width) frames are resized to when ``config.resize`` is unset.
+      label_files: where the dataset's ground truth comes from, for error messages.
     """
 
     builder: str
@@ -36,12 +37,21 @@ class DatasetSpec:
     split_mode: str
     needs_manual_dir: bool
     default_resize: tuple[int, int] | None = None
+    label_files: str = ""
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec("synthetic_surgery", "jaxsurg.data.builders.synthetic_surgery", "builder", False),
-    "cholecseg8k": DatasetSpec("cholecseg8k", "jaxsurg.data.builders.cholecseg8k", "temporal", True, (192, 352)),
-    "surgical_video": DatasetSpec("surgical_video", "jaxsurg.data.builders.surgical_video", "builder", True),
+    "synthetic": DatasetSpec(
+        "synthetic_surgery", "jaxsurg.data.builders.synthetic_surgery", "builder", False,
+        label_files="masks rendered with the frames",
+    ),
+    "cholecseg8k": DatasetSpec(
+        "cholecseg8k", "jaxsurg.data.builders.cholecseg8k", "temporal", True, (192, 352),
+        label_files="frame_<N>_endo_watershed_mask.png beside each frame_<N>_endo.png",
+    ),
+    "surgical_video": DatasetSpec(
+        "surgical_video", "jaxsurg.data.builders.surgical_video", "builder", True, label_files="none (unlabelled video)",
+    ),
 }
 
 
@@ -139,8 +149,11 @@ def labelled_subset(index: RecordIndex, rows: np.ndarray, label_interval: int) -
     """The records of ``rows`` that count as labelled with one label every ``label_interval``
     frames of each video (positions 0, h, 2h, ... in time order) and have ground truth.
 
+    Returns an empty array when none is left (``pipeline.load`` refuses that with the
+    dataset's label files named).
+
     Raises:
-      ValueError: if ``label_interval`` < 1 or no labelled record is left.
+      ValueError: if ``label_interval`` < 1.
     """
     if label_interval < 1:
         raise ValueError(f"config.label_interval must be ≥ 1, got {label_interval}")
@@ -149,6 +162,4 @@ def labelled_subset(index: RecordIndex, rows: np.ndarray, label_interval: int) -
     for vid_rows in index.videos().values():
         ordered = [r for r in vid_rows if r in rows_set]
         keep.extend(r for pos, r in enumerate(ordered) if pos % label_interval == 0 and index.has_label[r])
-    if not keep:
-        raise ValueError(f"no labelled training frame with label_interval={label_interval}")
-    return np.asarray(sorted(keep))
+    return np.asarray(sorted(keep), dtype=np.int64)

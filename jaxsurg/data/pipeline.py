@@ -48,6 +48,8 @@ class LoadedDataset:
         stages read these).
       class_names: classes of ``config.task``, index 0 = background.
       split_info: how the split was made, for summary.json.
+      build: the built dataset read, ``<builder>/<config name>/<version>`` (a manual-dir
+        build's config name holds a digest of its files' content).
     """
 
     train_source: Sequence[dict]
@@ -58,6 +60,7 @@ class LoadedDataset:
     class_names: tuple[str, ...]
     split_info: dict
     train_all_rows: np.ndarray | None = None
+    build: str = ""
 
 
 def builder_config_name(config: Any) -> str | None:
@@ -72,7 +75,9 @@ def load(config: Any) -> LoadedDataset:
     """Builds ``config.dataset`` if needed and selects its train and test frames.
 
     Raises:
-      ValueError: unknown dataset or task, missing ``config.data_dir`` where needed.
+      ValueError: unknown dataset or task, missing ``config.data_dir`` where needed, no
+        labelled frame in the training or the test part (the message names the files
+        labels are read from).
       FileNotFoundError: from the builders, for a missing or empty manual dir.
     """
     from jaxsurg.data import builders  # heavy import (TFDS), deferred
@@ -92,10 +97,12 @@ def load(config: Any) -> LoadedDataset:
     if jax.process_count() > 1:  # process 0 builds; the others wait, then find it built
         from jax.experimental import multihost_utils
 
-        if jax.process_index() == 0:
-            prepare()
+        builder = prepare() if jax.process_index() == 0 else None
         multihost_utils.sync_global_devices("jaxsurg: dataset built")
-    builder = prepare()
+        if builder is None:
+            builder = prepare()
+    else:
+        builder = prepare()
     if spec.split_mode == "temporal":
         source = builder.as_data_source(split="train")
         train_source = test_source = source
@@ -111,8 +118,21 @@ def load(config: Any) -> LoadedDataset:
     train_all_rows = train_rows
     train_rows = datasets.labelled_subset(index, train_rows, config.label_interval)
     test_rows = test_rows[test_index.has_label[test_rows]]
+    temporal = spec.split_mode == "temporal"
+    parts = {
+        "training": f"the first {config.train_fraction:.3g} of each video" if temporal else "the train split",
+        "test": f"the last {1 - config.train_fraction:.3g} of each video" if temporal else "the test split",
+    }
+    for part, rows in (("training", train_rows), ("test", test_rows)):
+        if not len(rows):
+            every = f" with label_interval={config.label_interval}" if part == "training" else ""
+            raise ValueError(
+                f"config.dataset={config.dataset!r} (data_dir={config.data_dir!r}): no labelled {part} frame in "
+                f"{parts[part]}{every}; labels are read from {spec.label_files}"
+            )
     split_info.update(train_labelled_frames=int(len(train_rows)), test_labelled_frames=int(len(test_rows)))
-    return LoadedDataset(train_source, test_source, index, train_rows, test_rows, class_names, split_info, train_all_rows)
+    build = f"{builder.name}/{builder.builder_config.name}/{builder.version}"
+    return LoadedDataset(train_source, test_source, index, train_rows, test_rows, class_names, split_info, train_all_rows, build)
 
 
 class Frames(Sequence):

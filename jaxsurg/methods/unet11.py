@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxsurg import evaluate
+from jaxsurg.config import check_size
 from jaxsurg.data import pipeline
 from jaxsurg.losses import cross_entropy, ternaus_loss
 from jaxsurg.methods import common
 from jaxsurg.models import UNet11
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
+from jaxsurg.train import workdir as workdir_lib
 from jaxsurg.train import step as step_lib
 from jaxsurg.train.state import TrainState, make_optimizer
 
@@ -76,11 +78,21 @@ def make_train_step(model: UNet11, jaccard_weight: float, mesh):
     return step_lib.jit_step(train_step(model, jaccard_weight), mesh)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains and evaluates U-Net11; returns the summary written to ``eval/summary.json``."""
+def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
+    """Trains and evaluates U-Net11; returns the summary written to ``eval/summary.json``.
+
+    ``policy``: what to do with a workdir made by another config (``jaxsurg.train.workdir``).
+
+    Raises:
+      ValueError: a bad config value (before any data is built), no labelled frames.
+      workdir.WorkdirConflict: the workdir holds another config's or another data build's outputs.
+    """
+    check_size(config, "image_size", 32, what="U-Net11 halves the frame five times")
+    workdir_lib.claim(config, workdir, STAGES, policy)
     mesh = mesh_lib.make_mesh()
     data = pipeline.load(config)
     config = common.resolve_config(config, len(data.train_rows))
+    workdir_lib.check_data(workdir, data.build, STAGES)
     stage.take_stages_from(config, workdir, STAGES)
     common.write_config(config, workdir)
     model = build_model(config, len(data.class_names))

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from jaxsurg.config import STAGE_FIELDS
 from jaxsurg.data import pipeline
+from jaxsurg.progress import say
 from jaxsurg.train import checkpoint, loop
 
 # Settings every stage's outputs depend on: a source run that differs in one is refused.
@@ -213,12 +214,12 @@ def take_stages_from(config: ml_collections.ConfigDict, workdir: str, stages: Se
         if os.path.exists(mine):
             continue
         if not os.path.isdir(src):
-            _say(f"stages_from: {source} has no '{spec.name}' stage; it and the stages after it run here")
+            say(f"stages_from: {source} has no '{spec.name}' stage; it and the stages after it run here")
             break
         differ = _differences(_select(theirs, upstream), _select(ours, upstream))
         if differ:
             listed = ", ".join(f"{k} ({a!r} there, {b!r} here)" for k, (a, b) in differ.items())
-            _say(f"stages_from: '{spec.name}' of {source} was made with other settings: {listed}; it and the stages after it run here")
+            say(f"stages_from: '{spec.name}' of {source} was made with other settings: {listed}; it and the stages after it run here")
             break
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
@@ -226,12 +227,7 @@ def take_stages_from(config: ml_collections.ConfigDict, workdir: str, stages: Se
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(src, tmp, copy_function=_link_or_copy, symlinks=True)
             os.replace(tmp, mine)
-        _say(f"stages_from: '{spec.name}' taken from {src}")
+        say(f"stages_from: '{spec.name}' taken from {src}")
         taken.append(spec.name)
     barrier("stages taken")
     return taken
-
-
-def _say(line: str) -> None:
-    if jax.process_index() == 0:
-        print(f"jaxsurg: {line}", flush=True)

@@ -72,6 +72,7 @@ import jax
 import ml_collections
 
 from jaxsurg import evaluate
+from jaxsurg.config import check_size
 from jaxsurg.data import pipeline
 from jaxsurg.data.sequences import load_train_sequence
 from jaxsurg.methods import common
@@ -79,14 +80,26 @@ from jaxsurg.methods.dual_motion import compensator, flow_predictor, propagation
 from jaxsurg.methods.dual_motion.config import STAGES, resolve
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
+from jaxsurg.train import workdir as workdir_lib
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
     """All stages (each resumed or skipped when complete); returns the summary written to
-    ``eval/summary.json``."""
+    ``eval/summary.json``.
+
+    ``policy``: what to do with a workdir made by another config (``jaxsurg.train.workdir``).
+
+    Raises:
+      ValueError: a bad config value (``image_size`` before any data is built; the rest
+        by ``config.resolve``).
+      workdir.WorkdirConflict: the workdir holds another config's or another data build's outputs.
+    """
+    check_size(config, "image_size", 32, what="U-Net11 halves the frame five times")
+    workdir_lib.claim(config, workdir, STAGES, policy)
     mesh = mesh_lib.make_mesh()
     data = pipeline.load(config)
     config = resolve(config, data)
+    workdir_lib.check_data(workdir, data.build, STAGES)
     stage.take_stages_from(config, workdir, STAGES)
     common.write_config(config, workdir)
     num_classes = len(data.class_names)

@@ -19,7 +19,7 @@ STAGES = (
     stage.StageSpec("flow_predictor", ("flow_predictor", "warp", "motion", "vgg16_weights", "flow_method")),
     stage.StageSpec("propagate", ("propagation_steps",)),
     stage.StageSpec("compensator", ("compensator",)),
-    stage.StageSpec("segment", stage.MAIN_STAGE + ("segment", "model", "convlstm", "image_size", "augment")),
+    stage.StageSpec("segment", stage.MAIN_STAGE + ("segment", "model", "convlstm", "image_size", "augment", "clip_length", "batch_keys")),
 )
 SEGMENT_MODES = ("dual", "single", "dual_convlstm")
 WARPS = ("forward", "backward")

@@ -43,23 +43,38 @@ from jaxsurg.methods.laparoflow import finetune, keypoint_stage, pretrain
 from jaxsurg.methods.laparoflow.config import LOSSES, STRIDE, TASK_FOR_DATASET, resolve_task
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
+from jaxsurg.train import workdir as workdir_lib
 
 __all__ = ["LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run"]
 
 # The stages and the config keys their outputs depend on (``config.stages_from``).
 STAGES = (
     stage.StageSpec("pretrain", ("pretrain", "model")),
-    stage.StageSpec("finetune", stage.MAIN_STAGE + ("baseline", "num_labelled", "image_size", "augment")),
+    stage.StageSpec("finetune", stage.MAIN_STAGE + ("baseline", "num_labelled", "image_size", "augment", "clip_length", "batch_keys")),
     stage.StageSpec("keypoints", ("keypoints",)),
 )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
     """All stages; returns the segmentation summary written to ``eval/summary.json`` (with
-    the key-point scores under ``"keypoints"`` where the dataset has key points)."""
-    config = resolve_task(config)
+    the key-point scores under ``"keypoints"`` where the dataset has key points).
+
+    ``policy``: what to do with a workdir made by another config (``jaxsurg.train.workdir``).
+
+    Raises:
+      ValueError: a bad config value (before any data is built), ``num_labelled`` above the
+        labelled training frames (before pretraining).
+      workdir.WorkdirConflict: the workdir holds another config's or another data build's outputs.
+    """
+    given, config = config, resolve_task(config)
+    workdir_lib.claim(given, workdir, STAGES, policy)
     mesh = mesh_lib.make_mesh()
     data = pipeline.load(config)
+    if config.num_labelled > len(data.train_rows):
+        raise ValueError(
+            f"config.num_labelled={config.num_labelled} but {config.dataset} has only {len(data.train_rows)} labelled "
+            f"training frames (label_interval={config.label_interval}); lower num_labelled"
+        )
     config = common.resolve_config(config, config.num_labelled)
     resolve_stage(config.keypoints, config.keypoints.num_labelled)
     nossl = config.baseline == "nossl"
@@ -68,6 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     frames = None if nossl else unlabelled.pretraining_frames(config, data)
     if frames is not None:
         resolve_stage(config.pretrain, len(frames))
+    workdir_lib.check_data(workdir, data.build, STAGES)
     stage.take_stages_from(config, workdir, STAGES)
     common.write_config(config, workdir)
     seconds: dict[str, float] = {}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxsurg.config import check_size
+
 STRIDE = 4  # SegFormer's representation grid: 1/4 of the input
 TASK_FOR_DATASET = {"synthetic": "binary", "cholecseg8k": "laparoflow4"}
 LOSSES = ("flow", "flow_only", "view", "flow+view")
@@ -13,7 +15,12 @@ LOSSES = ("flow", "flow_only", "view", "flow+view")
 
 def resolve_task(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``task = "auto"`` → the binary task on synthetic data, the paper's 4 classes on
-    CholecSeg8k. Returns a copy."""
+    CholecSeg8k; checks the loss, the baseline and the frame sizes (multiples of
+    ``STRIDE``). Returns a copy.
+
+    Raises:
+      ValueError: naming the config key and what was expected.
+    """
     c = ml_collections.ConfigDict(config.to_dict())
     if c.task == "auto":
         if c.dataset not in TASK_FOR_DATASET:
@@ -23,8 +30,6 @@ def resolve_task(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         raise ValueError(f"config.pretrain.loss={c.pretrain.loss!r}; known: {LOSSES}")
     if c.baseline not in ("", "nossl"):
         raise ValueError(f"config.baseline={c.baseline!r}; known: '' (Laparoflow-SSL) and 'nossl'")
-    for key in ("view_size",):
-        h, w = c.pretrain[key]
-        if h % STRIDE or w % STRIDE:
-            raise ValueError(f"config.pretrain.{key}={tuple(c.pretrain[key])} must be multiples of {STRIDE}")
+    for key in ("pretrain.view_size", "image_size", "keypoints.image_size"):
+        check_size(c, key, STRIDE, what="the representation grid is 1/4 of the input")
     return c

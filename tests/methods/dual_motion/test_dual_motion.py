@@ -76,10 +76,11 @@ def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
     assert len(open(os.path.join(w, "metrics.jsonl")).readlines()) == len(records)
     assert again["iou_mean"] == summary["iou_mean"] and again["dice_mean"] == summary["dice_mean"]
     assert json.load(open(quality_path)) == quality  # the same uint8 pairs, read back from disk
-    # A workdir whose D_R holds binary labels refuses a parts run instead of training on them.
+    # A binary workdir refuses a parts run before anything runs (made_by.json; D_R's own
+    # record refuses it too, tests/data/test_generated.py).
     parts = _config("variant=tiny", str(tmp_path / "tfds"))
     parts.task = "parts"
-    with pytest.raises(ValueError, match="task: written with 'binary', this run wants 'parts'"):
+    with pytest.raises(ValueError, match="task: 'binary' there, 'parts' now"):
         dm.run(parts, w)
     # Dual MF★ can start from this run's trained U-Net11 (config.convlstm.init_from).
     import jax
@@ -105,7 +106,7 @@ def test_single_mf_by_optical_flow_skips_the_flow_predictor_and_compensator(tmp_
     config = _config("variant=tiny,segment=single", str(tmp_path / "tfds"))
     config.motion = "optical_flow"
     s = dm.run(config, w)
-    assert sorted(os.listdir(w)) == ["config.json", "eval", "metrics.jsonl", "propagate", "segment", "tensorboard"]
+    assert sorted(os.listdir(w)) == ["config.json", "eval", "made_by.json", "metrics.jsonl", "propagate", "segment", "tensorboard"]
     assert {json.loads(line)["stage"] for line in open(os.path.join(w, "metrics.jsonl"))} == {"segment"}
     assert s["motion"] == "optical_flow" and s["train_sizes"] == {"D_L": 4, "D_R": 12, "D_C": 0, "examples": 16}
     assert generated.GeneratedDataset(os.path.join(w, "propagate", "d_r")).meta["info"]["motion"] == "optical_flow"
