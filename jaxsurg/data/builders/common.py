@@ -43,6 +43,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -573,14 +574,21 @@ class _DropTfdsNoise(logging.Filter):
 def quiet_tfds() -> Iterator[None]:
     """Inside: TFDS's warnings that a not-yet-built variant folder "has no
     dataset_info.json" / "features.json" and that a config is a "custom data
-    configuration" are dropped (other log records pass)."""
+    configuration" are dropped (other log records pass); when standard error is no
+    terminal (a log file, CI), TFDS's own progress bars are off, since their carriage
+    returns and cursor moves would be left in the file (jaxsurg's bars print plain lines)."""
     noise = _DropTfdsNoise()
     logger = logging.getLogger("absl")
     logger.addFilter(noise)
+    tty = sys.stderr.isatty()
+    if not tty:
+        tfds.display_progress_bar(False)
     try:
         yield
     finally:
         logger.removeFilter(noise)
+        if not tty:
+            tfds.display_progress_bar(True)
 
 
 @contextlib.contextmanager
