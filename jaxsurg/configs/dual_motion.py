@@ -13,8 +13,9 @@ Stages (each resumable, each with its own outputs under WORKDIR/<stage>/): ``flo
 ``configs/unet11.py`` with the same ``label_interval`` (e.g.
 ``configs/unet11.py:label_interval=5``).
 
-Variants: ``tiny`` (CI smoke test, ~2 minutes), ``default`` (at most 15 minutes on a 2-core
-CPU), ``paper`` (the published settings, for accelerators; see REFERENCE.md).
+Variants: ``tiny`` (CI smoke test, ~2 minutes: its scores test the code path, they are not a
+result), ``default`` (at most 15 minutes on a 2-core CPU), ``paper`` (the published
+settings, for accelerators; see REFERENCE.md).
 """
 
 import ml_collections

@@ -14,8 +14,9 @@ Stages (each resumable, each with its own checkpoints under WORKDIR/<stage>/):
 synthetic data and the paper's 4 classes (fat, instrument, gallbladder, background) on
 CholecSeg8k.
 
-Variants: ``tiny`` (CI smoke test), ``default`` (at most 15 minutes on a 2-core CPU),
-``paper`` (the published settings, for accelerators; see REFERENCE.md).
+Variants: ``tiny`` (CI smoke test: its scores test the code path, they are not a result),
+``default`` (at most 15 minutes on a 2-core CPU), ``paper`` (the published settings, for
+accelerators; see REFERENCE.md).
 """
 
 import ml_collections

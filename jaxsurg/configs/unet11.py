@@ -5,8 +5,9 @@
     python -m jaxsurg.main --config=configs/unet11.py --workdir=/tmp/real \
         --config.dataset=cholecseg8k --config.data_dir=../shared/data/cholecseg8k_clip
 
-Variants: ``tiny`` (CI smoke test, under a minute), ``default`` (at most 15 minutes on a
-2-core CPU), ``paper`` (the published settings, for accelerators; see REFERENCE.md).
+Variants: ``tiny`` (CI smoke test, under a minute: its scores test the code path, they are
+not a result), ``default`` (at most 15 minutes on a 2-core CPU), ``paper`` (the published
+settings, for accelerators; see REFERENCE.md).
 """
 
 from jaxsurg.config import base_config, make_config
