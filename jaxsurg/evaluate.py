@@ -54,12 +54,8 @@ def overlay_panel(
             continue
         contours, _ = cv2.findContours((target == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(pred_view, contours, -1, (255, 255, 255), thickness)
-    if class_names is None:
-        present = sorted(int(c) for c in np.union1d(np.unique(target), np.unique(pred)) if c not in (0, 255))
-        legend = [(f"class {c}", visualize.class_colour(c)) for c in present]
-    else:
-        legend = visualize.class_legend(class_names)
-    legend = [*legend, ("ground-truth outline", (255, 255, 255))]
+    shown = () if class_names is not None else np.union1d(np.unique(target), np.unique(pred)).tolist()
+    legend = [*visualize.class_legend(class_names, shown), ("ground-truth outline", (255, 255, 255))]
     return visualize.compose([image, visualize.colorize(image, target), pred_view], ["frame", "ground truth", "prediction"], caption=caption, legend=legend)
 
 

@@ -19,7 +19,7 @@ drawn with OpenCV's Hershey font, which has ASCII only: other characters are dra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -64,9 +64,13 @@ def colorize(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5) -> np.n
     return out.astype(np.uint8)
 
 
-def class_legend(class_names: Sequence[str]) -> list[tuple[str, Colour]]:
+def class_legend(class_names: Sequence[str] | None, shown: Iterable[int] = ()) -> list[tuple[str, Colour]]:
     """Legend entries (name, RGB colour) of the foreground classes 1 … C−1 of a task whose
-    ``class_names`` start with the background (index 0, uncoloured, left out)."""
+    ``class_names`` start with the background (index 0, uncoloured, left out); with
+    ``class_names`` None, an entry "class c" for each foreground code c in ``shown``
+    (0 and 255 left out)."""
+    if class_names is None:
+        return [(f"class {c}", class_colour(c)) for c in sorted({int(c) for c in shown} - {0, 255})]
     return [(str(name), class_colour(c)) for c, name in enumerate(class_names) if c > 0]
 
 

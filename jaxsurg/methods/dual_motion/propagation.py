@@ -254,7 +254,7 @@ def sequence_picture(
             img, lab, kind = np.zeros((h, w, 3), np.uint8), np.full((h, w), 255, np.uint8), "no pair"
         base = np.full((h, w, 3), grey, np.uint8)
         base[lab == 255] = 0
-        shown.update(int(c) for c in np.unique(lab) if c not in (0, 255))
+        shown.update(np.unique(lab).tolist())
         panels = [visualize.upscale(np.asarray(x), visualize.MIN_SIDE) for x in (seq.frames[r], img, visualize.colorize(base, lab.astype(np.int64), alpha=1.0))]
         for i, (panel, title) in enumerate(zip(panels, (f"t={t}: frame", f"t={t}: trained on ({kind})", f"t={t}: its label"))):
             if seq.labelled[r]:
@@ -262,11 +262,8 @@ def sequence_picture(
                 cv2.rectangle(panel, (0, 0), (panel.shape[1] - 1, panel.shape[0] - 1), (255, 255, 255), border)
             rows_of_panels[i].append(panel)
             titles[i].append(title)
-    if class_names is None:
-        legend = [(f"class {c}", visualize.class_colour(c)) for c in sorted(shown)]
-    else:
-        legend = visualize.class_legend(class_names)
-    legend = [("background" if class_names is None else str(class_names[0]), grey), ("no label", (0, 0, 0)), *legend]
+    background = "background" if class_names is None else str(class_names[0])
+    legend = [(background, grey), ("no label", (0, 0, 0)), *visualize.class_legend(class_names, shown)]
     return visualize.compose(sum(rows_of_panels, []), sum(titles, []), columns=len(rows), caption=caption, legend=legend)
 
 
@@ -280,16 +277,6 @@ def _sequence_caption(quality: dict[str, Any]) -> str:
         f"(zero motion {fmt(q['zero_motion_iou'], '.3f')}), label Dice {fmt(q['label_dice'], '.3f')}, "
         f"coverage {fmt(q['coverage'], '.0%')}, PSNR {fmt(q['psnr_db'], '.1f')} dB."
     )
-
-
-def _class_names(config, num_classes: int) -> tuple[str, ...] | None:
-    """The task's class names for the picture's legend; None when unknown or not
-    ``num_classes`` long (the legend then says "class c")."""
-    try:
-        names = datasets.task_classes(config.dataset, config.task)
-    except (ValueError, ImportError, AttributeError, KeyError):
-        return None
-    return names if len(names) == num_classes else None
 
 
 def d_r_info(config, num_classes: int) -> dict[str, Any]:
@@ -333,7 +320,7 @@ def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classe
         first = np.flatnonzero(seq.starts == seq.starts[0])
         rows = first[: min(len(first), 2 * config.label_interval + 1)]
         os.makedirs(out_dir, exist_ok=True)
-        picture = sequence_picture(seq, pairs, rows, _class_names(config, num_classes), _sequence_caption(quality))
+        picture = sequence_picture(seq, pairs, rows, datasets.task_classes(config.dataset, config.task), _sequence_caption(quality))
         cv2.imwrite(pic_path, picture[..., ::-1])
         write_json(quality_path, quality)
 
