@@ -169,6 +169,19 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, A
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def stage_differences(
+    theirs: dict[str, Any], ours: dict[str, Any], stages: Sequence[StageSpec]
+) -> list[tuple[StageSpec, dict[str, tuple[Any, Any]]]]:
+    """For each stage in order, the settings its outputs depend on (``DATA_KEYS``, its own
+    and every upstream stage's ``keys``; ``NOT_RESULTS`` leaves left out) that differ
+    between two flat configs: ``{key: (theirs, ours)}``, empty where the stage is valid."""
+    out, upstream = [], list(DATA_KEYS)
+    for spec in stages:
+        upstream += list(spec.keys)
+        out.append((spec, _differences(_select(theirs, upstream), _select(ours, upstream))))
+    return out
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
@@ -207,16 +220,14 @@ def take_stages_from(config: ml_collections.ConfigDict, workdir: str, stages: Se
     if differ:
         listed = "; ".join(f"{k}: theirs {a!r}, ours {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"config.stages_from={source!r} was made with other data settings ({listed}); its stages cannot be reused")
-    taken, upstream = [], list(DATA_KEYS)
-    for spec in stages:
-        upstream += list(spec.keys)
+    taken = []
+    for spec, differ in stage_differences(theirs, ours, stages):
         mine, src = os.path.join(workdir, spec.name), os.path.join(source, spec.name)
         if os.path.exists(mine):
             continue
         if not os.path.isdir(src):
             say(f"stages_from: {source} has no '{spec.name}' stage; it and the stages after it run here")
             break
-        differ = _differences(_select(theirs, upstream), _select(ours, upstream))
         if differ:
             listed = ", ".join(f"{k} ({a!r} there, {b!r} here)" for k, (a, b) in differ.items())
             say(f"stages_from: '{spec.name}' of {source} was made with other settings: {listed}; it and the stages after it run here")

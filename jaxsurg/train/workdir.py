@@ -84,10 +84,8 @@ def _present(workdir: str, stages: Sequence[stage.StageSpec]) -> list[str]:
     return [n for n in names if os.path.exists(os.path.join(workdir, n))]
 
 
-def _differences(theirs: dict[str, Any], ours: dict[str, Any], keys: Sequence[str] | None = None) -> dict[str, tuple[Any, Any]]:
+def _differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     def results(flat: dict[str, Any]) -> dict[str, Any]:
-        if keys is not None:
-            return stage._select(flat, keys)  # pylint: disable=protected-access
         return {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in stage.NOT_RESULTS}
 
     return stage._differences(results(theirs), results(ours))  # pylint: disable=protected-access
@@ -109,10 +107,10 @@ def _listed(differ: dict[str, tuple[Any, Any]]) -> str:
 
 
 def _kept_stages(theirs: dict[str, Any], ours: dict[str, Any], stages: Sequence[stage.StageSpec]) -> list[str]:
-    kept, upstream = [], list(stage.DATA_KEYS)
-    for spec in stages:
-        upstream += list(spec.keys)
-        if _differences(theirs, ours, upstream):
+    """The leading stages whose settings are unchanged (``stage.stage_differences``)."""
+    kept = []
+    for spec, differ in stage.stage_differences(theirs, ours, stages):
+        if differ:
             break
         kept.append(spec.name)
     return kept
@@ -142,7 +140,8 @@ def claim(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[stag
     ours = stage._normalised(config)  # pylint: disable=protected-access
     record_path = os.path.join(workdir, RECORD)
     present = _present(workdir, stages) if os.path.isdir(workdir) else []
-    theirs = _read_json(record_path)["config"] if os.path.exists(record_path) else None
+    previous = _read_json(record_path) if os.path.exists(record_path) else None
+    theirs = None if previous is None else previous["config"]
     ways = (
         "Ways on: a new --workdir; or --overwrite (delete this workdir's outputs and run afresh); "
         "or --resume (keep the stages the change leaves valid{kept}, redo the rest)"
@@ -171,10 +170,8 @@ def claim(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[stag
             say(f"--resume: keeping {', '.join(kept) or 'no stage'}; deleting {', '.join(redo)} (settings changed: {', '.join(differ)})")
             _delete(workdir, redo)
     record = {"jaxsurg_version": _version(), "config": ours}
-    if theirs is not None and policy != "overwrite" and os.path.exists(record_path):
-        build = _read_json(record_path).get("dataset_build")
-        if build is not None:
-            record["dataset_build"] = build
+    if previous is not None and policy != "overwrite" and previous.get("dataset_build") is not None:
+        record["dataset_build"] = previous["dataset_build"]
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         write_json(record_path, record)
