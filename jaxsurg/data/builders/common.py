@@ -57,7 +57,6 @@ from etils import epath
 
 from jaxsurg import progress
 from jaxsurg.data import flow as flow_lib
-from jaxsurg.progress import say
 
 IGNORE = 255
 # Computed flow is rounded to multiples of 1/FLOW_STEPS_PER_PIXEL px before storage:
@@ -315,7 +314,7 @@ def content_fingerprint(root: str, paths: Iterable[str], cache_path: str | None 
     todo_bytes = sum(stats[full].st_size for full in todo)
     if todo_bytes > ANNOUNCE_HASH_BYTES:
         where = f" (cached in {cache_path})" if cache_path else ""
-        say(f"hashing {todo_bytes / 1e9:.1f} GB of new or changed input files under {root_abs}{where}")
+        progress.say(f"hashing {todo_bytes / 1e9:.1f} GB of new or changed input files under {root_abs}{where}")
     pending = set(todo)
     digests = {full: cache[full][3] for _, full in listing if full not in pending}
     trusted = {full: cache[full] for full in digests}
@@ -560,6 +559,7 @@ except ImportError:  # not POSIX: no locking
 # TFDS's warnings (absl logger) about every variant folder it probes that is not built
 # yet, and about every config ``prepare`` names itself (overrides, manual-dir digests).
 _TFDS_NOISE = ("Variant folder %s has no %s", "Using custom data configuration: %s")
+_quiet_depth = 0  # nesting of ``quiet_tfds``: only the outermost switches TFDS's bars off and on
 
 
 class _DropTfdsNoise(logging.Filter):
@@ -577,17 +577,21 @@ def quiet_tfds() -> Iterator[None]:
     configuration" are dropped (other log records pass); when standard error is no
     terminal (a log file, CI), TFDS's own progress bars are off, since their carriage
     returns and cursor moves would be left in the file (jaxsurg's bars print plain lines)."""
+    global _quiet_depth
+    outermost = _quiet_depth == 0  # ``prepare`` wraps the builder's own quiet build
+    _quiet_depth += 1
     noise = _DropTfdsNoise()
     logger = logging.getLogger("absl")
     logger.addFilter(noise)
-    tty = sys.stderr.isatty()
-    if not tty:
+    bars_off = outermost and not sys.stderr.isatty()
+    if bars_off:
         tfds.display_progress_bar(False)
     try:
         yield
     finally:
+        _quiet_depth -= 1
         logger.removeFilter(noise)
-        if not tty:
+        if bars_off:
             tfds.display_progress_bar(True)
 
 
