@@ -17,19 +17,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` atomically (a ``.tmp`` file, then a rename), so a
-    reader never sees a half-written file."""
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (a ``.tmp`` file, then a rename), so a reader
+    never sees a half-written file."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, **dump_kwargs)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` atomically (``write_text``)."""
+    write_text(path, json.dumps(obj, indent=2, **dump_kwargs))
 
 
 def drop_rows_after(path: str, stage: str, step: int) -> int:
     """Removes from the ``metrics.jsonl`` at ``path`` the rows of ``stage`` whose step is
     greater than ``step``, keeping all other rows in their order; the file is rewritten
-    atomically (a ``.tmp`` file, then a rename) and only when something changes.
+    atomically (``write_text``) and only when something changes.
 
     A torn last line (a kill in the middle of a write: no newline and not JSON) is dropped
     too; other lines that are not JSON objects are kept as they are.
@@ -56,10 +61,7 @@ def drop_rows_after(path: str, stage: str, step: int) -> int:
         kept.append(line if line.endswith("\n") else line + "\n")
     if kept == lines:
         return 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_text(path, "".join(kept))
     return len(lines) - len(kept)
 
 
