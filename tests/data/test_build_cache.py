@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxsurg.data import builders
-from jaxsurg.data.builders import cholecseg8k, common
+from jaxsurg.data.builders import cholecseg8k, common, integrity
 
 H, W = 24, 32
 FOLDER = os.path.join("video12", "video12_15750")
@@ -92,11 +92,11 @@ def test_content_hashes_are_cached(tmp_path, monkeypatch):
     again (alone), and the digest follows the content."""
     root = str(tmp_path / "manual")
     masks = _manual_dir(root)
-    cache = str(tmp_path / "tfds" / "cholecseg8k" / common.CONTENT_HASH_CACHE)
+    cache = str(tmp_path / "tfds" / "cholecseg8k" / integrity.CONTENT_HASH_CACHE)
     hashed = []
-    real = common.file_digest
-    monkeypatch.setattr(common, "file_digest", lambda path: hashed.append(os.path.basename(path)) or real(path))
-    monkeypatch.setattr(common, "RACY_WINDOW_NS", 0)  # trust files written just now
+    real = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda path: hashed.append(os.path.basename(path)) or real(path))
+    monkeypatch.setattr(integrity, "RACY_WINDOW_NS", 0)  # trust files written just now
 
     first = cholecseg8k.source_fingerprint(root, cache)
     assert len(hashed) == 4 and os.path.isfile(cache)
@@ -123,15 +123,15 @@ def test_files_modified_just_before_hashing_are_not_cached(tmp_path, monkeypatch
     _manual_dir(root)
     cache = str(tmp_path / "cache.json")
     hashed = []
-    real = common.file_digest
-    monkeypatch.setattr(common, "file_digest", lambda path: hashed.append(path) or real(path))
-    monkeypatch.setattr(common, "RACY_WINDOW_NS", 3600 * 10**9)
+    real = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda path: hashed.append(path) or real(path))
+    monkeypatch.setattr(integrity, "RACY_WINDOW_NS", 3600 * 10**9)
     first = cholecseg8k.source_fingerprint(root, cache)
     assert cholecseg8k.source_fingerprint(root, cache) == first and len(hashed) == 8
 
 
 def test_prepare_says_built_then_reused(tmp_path, capsys, caplog, monkeypatch):
-    monkeypatch.setattr(common, "RACY_WINDOW_NS", 0)  # cache the files written just now
+    monkeypatch.setattr(integrity, "RACY_WINDOW_NS", 0)  # cache the files written just now
     root, data_dir = str(tmp_path / "manual"), str(tmp_path / "tfds")
     _manual_dir(root)
     builder = builders.prepare("cholecseg8k", data_dir=data_dir, manual_dir=root)
@@ -144,6 +144,6 @@ def test_prepare_says_built_then_reused(tmp_path, capsys, caplog, monkeypatch):
     builders.prepare("cholecseg8k", data_dir=data_dir, manual_dir=root)
     out = capsys.readouterr().out
     assert out.splitlines() == [f"jaxsurg: dataset cholecseg8k/{name}: reused from {builder.data_dir}"]
-    assert os.path.isfile(os.path.join(data_dir, "cholecseg8k", common.CONTENT_HASH_CACHE))
+    assert os.path.isfile(os.path.join(data_dir, "cholecseg8k", integrity.CONTENT_HASH_CACHE))
     noise = [r.getMessage() for r in caplog.records if "custom data configuration" in r.getMessage() or "has no" in r.getMessage()]
     assert not noise

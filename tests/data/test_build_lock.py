@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from jaxsurg.data import builders, synthetic
-from jaxsurg.data.builders import common
+from jaxsurg.data.builders import integrity
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -112,7 +112,7 @@ def test_build_lock_waits_for_the_holder(tmp_path):
 
     lock = str(tmp_path / "x" / "c.lock")
     events = []
-    with common.build_lock(lock):
+    with integrity.build_lock(lock):
         thread = threading.Thread(target=lambda: _take(lock, events))
         thread.start()
         time.sleep(0.3)
@@ -123,5 +123,5 @@ def test_build_lock_waits_for_the_holder(tmp_path):
 
 
 def _take(lock: str, events: list) -> None:
-    with common.build_lock(lock, on_wait=lambda: events.append("waiting")):
+    with integrity.build_lock(lock, on_wait=lambda: events.append("waiting")):
         events.append("acquired")

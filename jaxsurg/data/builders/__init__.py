@@ -89,7 +89,7 @@ def prepare(
     """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    from jaxsurg.data.builders import common  # pylint: disable=g-import-not-at-top
+    from jaxsurg.data.builders import common, integrity  # pylint: disable=g-import-not-at-top
     from jaxsurg.progress import say  # pylint: disable=g-import-not-at-top
 
     cls = builder_class(name)
@@ -99,7 +99,7 @@ def prepare(
     source = ""
     if cls.MANUAL_DOWNLOAD_INSTRUCTIONS:
         manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, "downloads", "manual", name))
-        cache_path = os.path.join(data_dir, name, common.CONTENT_HASH_CACHE)
+        cache_path = os.path.join(data_dir, name, integrity.CONTENT_HASH_CACHE)
         digest = importlib.import_module(cls.__module__).source_fingerprint(manual_dir, cache_path)
         builder_config = common.replace_config(
             builder_config, name=f"{builder_config.name}-{digest}", description=f"{builder_config.description or ''} [from {os.path.abspath(manual_dir)}]"
@@ -121,12 +121,12 @@ def prepare(
         def waiting() -> None:
             say(f"{label}: waiting for another process building it into {builder.data_dir} (lock {lock})")
 
-        with common.build_lock(lock, on_wait=waiting):
+        with integrity.build_lock(lock, on_wait=waiting):
             builder = make()  # anew: another process may have finished the build meanwhile
             if builder.is_prepared():
                 say(f"{label}: reused from {builder.data_dir}")
                 return builder
             say(f"{label}: building{source} into {builder.data_dir}")
             builder.download_and_prepare(download_config=download_config, file_format="array_record")
-            common.remove_incomplete(os.path.dirname(os.fspath(builder.data_path)))
+            integrity.remove_incomplete(os.path.dirname(os.fspath(builder.data_path)))
     return builder

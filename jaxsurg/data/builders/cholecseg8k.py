@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxsurg.data.builders import common
+from jaxsurg.data.builders import common, integrity
 
 # Watershed-mask code → (full13 index, class name), official CholecSeg8k order.
 CODES: dict[int, tuple[int, str]] = {
@@ -184,7 +184,7 @@ def find_frames(root: str) -> list[Frame]:
 
 def source_fingerprint(root: str, cache_path: str | None = None) -> str:
     """Digest of the content of the frames and masks under ``root`` (their relative paths
-    and bytes, ``common.content_fingerprint``), naming a build.
+    and bytes, ``integrity.content_fingerprint``), naming a build.
 
     Args:
       root: the manual dir.
@@ -194,7 +194,7 @@ def source_fingerprint(root: str, cache_path: str | None = None) -> str:
       As ``find_frames``; OSError for a file that cannot be read.
     """
     paths = [p for f in find_frames(root) for p in (f.path, f.mask_path) if p]
-    return common.content_fingerprint(root, paths, cache_path)
+    return integrity.content_fingerprint(root, paths, cache_path)
 
 
 def read_codes(mask_path: str, frame_size: tuple[int, int] | None = None) -> np.ndarray:

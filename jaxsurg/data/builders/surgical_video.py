@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxsurg.data.builders import common
+from jaxsurg.data.builders import common, integrity
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv")
 TASK_CLASSES: dict[str, tuple[str, ...]] = {}  # unlabelled
@@ -114,7 +114,7 @@ def find_inputs(root: str) -> list[tuple[str, tuple[str, ...]]]:
 
 def source_fingerprint(root: str, cache_path: str | None = None) -> str:
     """Digest of the content of the inputs under ``root`` (relative paths and bytes of
-    every video file and frame, ``common.content_fingerprint``), naming a build.
+    every video file and frame, ``integrity.content_fingerprint``), naming a build.
 
     Args:
       root: the manual dir.
@@ -124,7 +124,7 @@ def source_fingerprint(root: str, cache_path: str | None = None) -> str:
       As ``find_inputs``; OSError for a file that cannot be read.
     """
     paths = [p for path, files in find_inputs(root) for p in (files or (path,))]
-    return common.content_fingerprint(root, paths, cache_path)
+    return integrity.content_fingerprint(root, paths, cache_path)
 
 
 def probe(path: str, files: tuple[str, ...], root: str, default_fps: float) -> Source:
