@@ -17,9 +17,8 @@ Methods:
   ``cv2.DISOpticalFlow``, presets ``"ultrafast"``, ``"fast"`` and ``"medium"`` (default).
   About 30–45 ms for a 854×480 pair on two CPU cores with the medium preset.
 - ``"tvl1"``: TV-L1 (Zach et al. 2007; Wedel et al. 2009),
-  ``cv2.optflow.DualTVL1OpticalFlow``: more accurate, about 100× slower. Needs the
-  opencv-contrib build (``pip install opencv-contrib-python-headless``, which replaces
-  ``opencv-python-headless``).
+  ``cv2.optflow.DualTVL1OpticalFlow``: more accurate, about 100× slower. From OpenCV's
+  contrib modules, which jaxsurg's dependency ``opencv-contrib-python-headless`` has.
 - ``"farneback"``: Farnebäck's polynomial expansion (SCIA 2003), ``cv2.calcOpticalFlowFarneback``.
 
 Occlusions and failures are detected with the forward–backward consistency check of
@@ -45,8 +44,8 @@ FB_BETA = 0.5
 
 _TVL1_MISSING = (
     "optical flow method 'tvl1' needs OpenCV's contrib modules (cv2.optflow), which this "
-    "OpenCV build lacks. Install them with `pip install opencv-contrib-python-headless` "
-    "(it replaces opencv-python-headless; uninstall that first), or use method='dis'."
+    "OpenCV build lacks: another OpenCV package shadows jaxsurg's opencv-contrib-python-headless. "
+    "Uninstall opencv-python / opencv-python-headless and reinstall opencv-contrib-python-headless, or use method='dis'."
 )
 
 
