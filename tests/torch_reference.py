@@ -82,3 +82,57 @@ def unet11(num_classes: int, nf: int):
             return self.final(self.dec1(torch.cat([dec2, conv1], 1)))
 
     return TorchUNet11()
+
+
+def resnet18(num_classes=None):
+    """torchvision ``resnet18`` (He et al. 2016) with torchvision's state-dict keys (``conv1``,
+    ``bn1``, ``layer<s>.<b>.{conv1,bn1,conv2,bn2}``, ``layer<s>.0.downsample.{0,1}``, ``fc``)
+    and init (kaiming-normal fan_out convs, BN weight 1 / bias 0, default Linear); no ``fc``
+    when ``num_classes`` is None. ``forward(x)`` (NCHW) returns the taps ``stem`` (after
+    conv1/bn1/ReLU), ``layer1`` … ``layer4`` and, with ``fc``, ``logits``."""
+    torch = _torch()
+    nn = torch.nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class TorchResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            cin = 64
+            for s, (cout, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
+                setattr(self, f"layer{s}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+                cin = cout
+            self.fc = None if num_classes is None else nn.Linear(512, num_classes)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+        def forward(self, x):
+            out = {"stem": torch.relu(self.bn1(self.conv1(x)))}
+            x = out["pool"] = self.maxpool(out["stem"])
+            for s in range(1, 5):
+                x = out[f"layer{s}"] = getattr(self, f"layer{s}")(x)
+            if self.fc is not None:
+                out["logits"] = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+            return out
+
+    return TorchResNet18()
