@@ -114,6 +114,22 @@ class PretrainPrepare(grain.transforms.RandomMap):
         return {"image": image, "flow": ex["flow"][0].astype(np.float32), "valid": valid}
 
 
+def video_source(tfds_dir: str, video_dir: str, builder_config: str = "") -> tuple[Sequence[dict], datasets.RecordIndex]:
+    """The ``surgical_video`` build of the unlabelled videos in ``video_dir`` (built on first
+    use into ``tfds_dir``, "" = the default): its data source and RecordIndex.
+
+    Raises:
+      FileNotFoundError: from the builder, for a missing or empty ``video_dir``.
+    """
+    from jaxsurg.data import builders
+
+    builder = builders.prepare(
+        "surgical_video", data_dir=tfds_dir or datasets.default_tfds_dir(), manual_dir=video_dir, config=builder_config or None,
+    )
+    source = builder.as_data_source(split="train")
+    return source, datasets.RecordIndex.read(source)
+
+
 def pretraining_frames(config: Any, data: Any) -> FlowFrames:
     """The unlabelled frames ``config.pretrain.sources`` names (see the module doc).
 
@@ -133,14 +149,7 @@ def pretraining_frames(config: Any, data: Any) -> FlowFrames:
         elif source == "video":
             if not config.pretrain.video_dir:
                 raise ValueError("config.pretrain.sources has 'video' but config.pretrain.video_dir is empty")
-            from jaxsurg.data import builders
-
-            builder = builders.prepare(
-                "surgical_video", data_dir=config.tfds_dir or datasets.default_tfds_dir(),
-                manual_dir=config.pretrain.video_dir, config=config.pretrain.video_builder_config or None,
-            )
-            src = builder.as_data_source(split="train")
-            index = datasets.RecordIndex.read(src)
+            src, index = video_source(config.tfds_dir, config.pretrain.video_dir, config.pretrain.video_builder_config)
             parts.append((src, rows_with_flow(index, np.arange(len(src)))))
         else:
             raise ValueError(f"config.pretrain.sources: unknown source {source!r}; known: 'train', 'video'")

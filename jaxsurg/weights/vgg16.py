@@ -292,3 +292,26 @@ def vgg16_params(source: str, params: Any) -> Any:
         return load_vgg16_hed_h5(path, params)
     _warn_once("random-features", RANDOM_FEATURES_WARNING)
     return params
+
+
+def frozen_vgg16(source: str, layers: tuple[str, ...], shape: tuple[int, int], seed: int = 0) -> tuple[Any, Any]:
+    """A frozen VGG16 feature extractor for ``layers`` and its params from ``source``
+    (``vgg16_params``; 'random' warns), with the input convention that matches the source.
+
+    Args:
+      source: as ``vgg16_params``.
+      layers: taps of ``VGG16Features`` (e.g. ``("relu5_3",)``).
+      shape: (H, W) of the frames it will see, in pixels (to initialise).
+      seed: the random initialisation's seed (used as is only for 'random').
+
+    Returns:
+      (``VGG16Features`` model, its params).
+    """
+    import jax
+
+    from jaxsurg.models.vgg16 import VGG16Features
+
+    model = VGG16Features(layers=tuple(layers), input_convention=vgg16_input_convention(source))
+    h, w = shape
+    params = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, h, w, 3)))["params"]
+    return model, vgg16_params(source, params)

@@ -7,21 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from jaxsurg.models.vgg16 import VGG16Features
-from jaxsurg.weights.vgg16 import vgg16_input_convention, vgg16_params
+from jaxsurg.weights.vgg16 import frozen_vgg16
 
 
 def make_vgg(config: ml_collections.ConfigDict, layers: tuple[str, ...]) -> tuple[VGG16Features, Any]:
     """The frozen VGG16 feature extractor for ``layers`` and its params from
     ``config.vgg16_weights`` ('random' warns: such features are not the paper's)."""
-    model = VGG16Features(layers=tuple(layers), input_convention=vgg16_input_convention(config.vgg16_weights))
-    h, w = config.resize
-    params = jax.jit(model.init)(jax.random.PRNGKey(config.seed + 3), jnp.zeros((1, h, w, 3)))["params"]
-    return model, vgg16_params(config.vgg16_weights, params)
+    return frozen_vgg16(config.vgg16_weights, layers, tuple(config.resize), config.seed + 3)
 
 
 def _chunks(items: list, size: int):

@@ -181,6 +181,40 @@ def pretrain(
     return backbone
 
 
+def load_pretrained_backbone(workdir: str) -> tuple[SegFormer, dict[str, Any]]:
+    """The backbone of a finished Laparoflow-SSL run, for another method to use as frozen
+    features (AGSD's ``--config.features=laparoflow:DIR``).
+
+    Args:
+      workdir: the run's workdir (its ``config.json`` and ``pretrain/checkpoints``).
+
+    Returns:
+      (SegFormer model, variables {"params", "batch_stats"} on the host). ``model.apply(
+      variables, x, train=False)`` maps float32 (B, H, W, 3) RGB in [0, 1] (H, W multiples
+      of 32) to unit-norm 256-d representations (B, H/4, W/4, 256).
+
+    Raises:
+      ValueError: ``workdir`` has no config.json, was made by another method, is a "No SSL"
+        run, or its pretrain stage has not finished (the message says which).
+    """
+    import json
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{workdir!r}: no config.json there (not a finished jaxsurg run)")
+    with open(path, encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("method") != "laparoflow" or config.get("baseline") == "nossl":
+        raise ValueError(f"{workdir!r} is a {config.get('method')!r} run (baseline {config.get('baseline')!r}), not a Laparoflow-SSL pretraining")
+    p = config.pretrain
+    model = build_backbone(config)
+    tx, schedule = make_optimizer(p)
+    variables = _init_variables(model, config.seed, tuple(p.view_size))
+    template = TrainState.create(variables["params"], tx, variables["batch_stats"], schedule)
+    state = stage.restore_finished(workdir, "pretrain", template, int(p.total_steps), "features")
+    return model, jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
 def write_pca_picture(model: SegFormer, backbone: dict[str, Any], config: ml_collections.ConfigDict, data: pipeline.LoadedDataset, path: str) -> None:
     """``pretrain/pca.png``: test frames beside the first three principal components of
     their representations as colours (paper Fig. 1b / 5c), titled and captioned
