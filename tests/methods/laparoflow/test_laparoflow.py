@@ -54,6 +54,24 @@ def test_laparoflow_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
     assert len(_records(w)) == len(records)
     again = json.load(open(w / "eval" / "summary.json"))
     assert again["dice_mean"] == summary["dice_mean"] and again["keypoints"] == summary["keypoints"]
+    # The finished run's backbone serves another method as frozen features: unit-norm
+    # 256-d representations at 1/4, and AGSD's diffusion features end to end.
+    from jaxsurg.methods.laparoflow.pretrain import load_pretrained_backbone
+
+    model, variables = load_pretrained_backbone(str(w))
+    rep = model.apply(variables, jnp.zeros((1, 64, 64, 3)), train=False)
+    assert rep.shape == (1, 16, 16, 256)
+    np.testing.assert_allclose(jnp.linalg.norm(rep, axis=-1), 1.0, atol=1e-4)
+    agsd = subprocess.run(
+        [sys.executable, "-m", "jaxsurg.main", "--config=configs/agsd.py:variant=tiny", f"--workdir={tmp_path / 'agsd'}",
+         f"--config.features=laparoflow:{w}", "--config.setting=TT"],
+        cwd=ROOT, env=dict(os.environ, JAXSURG_TFDS_DIR=str(tmp_path / "tfds")), capture_output=True, text=True, timeout=1200,
+    )
+    assert agsd.returncode == 0, agsd.stdout[-4000:] + agsd.stderr[-4000:]
+    agsd_summary = json.load(open(tmp_path / "agsd" / "eval" / "summary.json"))
+    assert agsd_summary["features"] == f"laparoflow:{w}" and agsd_summary["setting"] == "TT"
+    with pytest.raises(ValueError, match="not a Laparoflow-SSL pretraining"):
+        load_pretrained_backbone(str(tmp_path / "agsd"))
 
 
 @pytest.mark.slow

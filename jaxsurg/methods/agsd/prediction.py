@@ -1,0 +1,77 @@
+"""AGSD's prediction: the instrument probability map turned into a mask.
+
+- ``otsu`` (paper, Sec. 3 "Implementation Details"): each frame's own Otsu threshold of p
+  (``jaxsurg.ops.otsu``), adaptive to the map's intensity level.
+- ``fixed`` (the authors' code): p > 0.6, then the connected components (8-connected) under
+  a minimum area removed (the code: ``remove_small_objects(..., 10000)`` at 1024×1280; here
+  a fraction of the frame, ``min_area_fraction``, so it scales with the working size).
+
+The anchors-alone rows of the paper's Table 2 threshold a_pos and 1 − a_neg the same way
+(``binarize`` with ``otsu``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsurg.ops.otsu import otsu_threshold
+
+METHODS = ("otsu", "fixed")
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """bool (H, W) with the 8-connected foreground components of fewer than ``min_area``
+    pixels set to False."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels]
+
+
+def binarize(prob: np.ndarray, method: str, *, fixed_threshold: float = 0.6, min_area_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Masks from probability maps.
+
+    Args:
+      prob: float (B, H, W) in [0, 1].
+      method: ``"otsu"`` or ``"fixed"`` (see the module doc).
+
+    Returns:
+      (int32 (B, H, W) class maps 0/1, float32 (B,) the thresholds used).
+
+    Raises:
+      ValueError: an unknown method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"config.predict.threshold={method!r} is unknown; known: {METHODS}")
+    prob = np.asarray(prob, np.float32)
+    if method == "otsu":
+        t = np.asarray(otsu_threshold(jnp.asarray(prob)), np.float32)
+        return (prob > t[:, None, None]).astype(np.int32), t
+    min_area = int(round(min_area_fraction * prob.shape[1] * prob.shape[2]))
+    masks = np.stack([remove_small_components(p > fixed_threshold, min_area) for p in prob]).astype(np.int32)
+    return masks, np.full(len(prob), fixed_threshold, np.float32)
+
+
+def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, predict_config) -> tuple[Callable[[np.ndarray], np.ndarray], list[float]]:
+    """A host predictor for ``jaxsurg.evaluate.evaluate_segmentation``: uint8 (B, H, W, 3)
+    → int32 (B, H, W), through σ(logits) and ``binarize`` with ``config.predict``; also
+    the list the thresholds used are appended to (for summary.json)."""
+    variables = jax.device_get(variables)
+    prob = jax.jit(lambda x: jax.nn.sigmoid(apply_fn(variables, x.astype(jnp.float32) / 255.0)[..., 0]))
+    thresholds: list[float] = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        masks, t = binarize(
+            np.asarray(prob(images)), predict_config.threshold, fixed_threshold=predict_config.fixed_threshold,
+            min_area_fraction=predict_config.min_area_fraction,
+        )
+        thresholds.extend(float(v) for v in t)
+        return masks
+
+    return predict, thresholds
