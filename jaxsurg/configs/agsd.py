@@ -71,6 +71,8 @@ def get_config(arg=None):
     """The AGSD config; ``arg`` like ``variant=tiny,loss=anchor``."""
     c = base_config()
     c.method = "agsd"
+    for unused in ("image_size", "clip_length", "batch_keys"):  # AGSD crops pairs itself (crop_scale) at config.resize
+        del c[unused]
     c.task = "binary"  # AGSD segments instruments vs the rest (binary only)
     c.setting = "SS"  # SS (train and test on the same unlabelled frames: all of the dataset) | TT (train on the training part, test on the held-out part)
     c.video_dir = ""  # unlabelled videos (mp4 or frame folders) added to the training frames, in both settings
