@@ -44,9 +44,13 @@ def pool(p: jax.Array, features: jax.Array) -> tuple[jax.Array, jax.Array]:
     return fg, bg
 
 
-def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """φ: the cosine similarity of (B, D) rows → (B,)."""
-    return (a * b).sum(-1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + eps)
+def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """φ: the cosine similarity of (B, D) rows → (B,), a·b / sqrt(|a|²|b|² + eps).
+
+    Written without ``norm`` so that its gradient stays finite (0) where a pooled feature is
+    the zero vector — a prediction that is 0 (or 1) everywhere pools nothing into f_fg (or
+    f_bg) — where the gradient of |a| is 0/0 and the training would turn NaN."""
+    return (a * b).sum(-1) / jnp.sqrt((a * a).sum(-1) * (b * b).sum(-1) + eps)
 
 
 def semantic_diffusion_loss(

@@ -80,3 +80,16 @@ def test_pool_normalises_by_the_weights_which_the_cosine_ignores():
     fg, bg = pool(jnp.asarray(p), jnp.asarray(f))
     np.testing.assert_allclose(fg[0], (p[0, ..., None] * f[0]).sum((0, 1)) / p.sum(), rtol=1e-5)
     np.testing.assert_allclose(bg[0], ((1 - p[0])[..., None] * f[0]).sum((0, 1)) / (1 - p).sum(), rtol=1e-5)
+
+
+def test_the_gradient_stays_finite_when_a_region_pools_nothing():
+    """p = 0 everywhere (after the clip of its bicubic resize) pools f_fg = 0: the loss and
+    its gradient must stay finite (a norm's gradient at 0 is NaN)."""
+    rng = np.random.default_rng(3)
+    f = np.asarray(l2_normalize(jnp.asarray(rng.normal(size=(2, 4, 4, 5)))))
+    for p in (np.zeros((2, 4, 4), np.float32), np.ones((2, 4, 4), np.float32)):
+        def total(p):
+            return sum(t.sum() for t in semantic_diffusion_loss(p[:1], p[1:], f[:1], f[1:]))
+
+        assert np.isfinite(float(total(jnp.asarray(p))))
+        assert np.isfinite(np.asarray(jax.grad(total)(jnp.asarray(p)))).all()
