@@ -100,7 +100,10 @@ def get_config(arg=None):
     ))
     c.loss = ml_collections.ConfigDict(dict(
         terms="anchor+fg+bg",  # '+'-joined subset of anchor, fg, bg (Eq. 5: all three); 'anchor' = L_anc alone
-        anchor="paper",  # paper (Eq. 1: mean of −a_pos·p − a_neg·(1 − p)) | code (1.5·mean(−a_pos·log p) + mean(−a_neg·log(1 − p)))
+        # code (the authors' code: 1.5·mean(−a_pos·log p) + mean(−a_neg·log(1 − p))) | paper (Eq. 1: mean of −a_pos·p − a_neg·(1 − p)).
+        # The code's is the default: with the paper's linear form every run here collapsed to p = 0 everywhere within
+        # 60 Adam steps (its gradient (a_neg − a_pos)·p(1 − p) vanishes as p saturates, and a_neg > a_pos on most pixels).
+        anchor="code",  # code (the authors' log form, default) | paper (Eq. 1, linear in p): see the comment above
         margins="paper",  # paper (m_fg 0.2, m_bg 0.8, weights 1, 1) | code (0.05, 0.45, weights 0.5, 2)
     ))
     c.features = "vgg16"  # vgg16 (relu5_3, weights from vgg16_weights) | laparoflow:DIR (a finished Laparoflow-SSL run's backbone)

@@ -69,7 +69,7 @@ def test_agsd_tiny_tt_on_the_real_clip_with_the_video_and_bing(tmp_path):
     _run(
         w, tmp_path / "tfds", "--config.dataset=cholecseg8k", f"--config.data_dir={CLIP}", "--config.setting=TT",
         f"--config.video_dir={VIDEO}", "--config.cues.objectness=bing", f"--config.cues.bing_dir={BING}",
-        "--config.resize=(64,96)", "--config.predict.threshold=fixed", "--config.loss.anchor=code", "--config.loss.margins=code",
+        "--config.resize=(64,96)", "--config.predict.threshold=fixed", "--config.loss.anchor=paper", "--config.loss.margins=code",
     )
     summary = json.load(open(w / "eval" / "summary.json"))
     # TT: the first two thirds of the clip (49 frames) and the video train; the last third
