@@ -90,6 +90,7 @@ def get_config(arg=None):
         bing_dir="",  # folder with BING's trained ObjNessB2W8MAXBGR.* files (OpenCV contrib saliency)
         bing_top_k=1000,  # BING boxes accumulated into the per-pixel objectness map
         objectness_at="original",  # original (each frame's own resolution, then resized: BING needs it) | working (config.resize)
+        mask_border=True,  # a_pos = 0, a_neg = 1 outside the endoscope's field of view (ours: the colour cue calls black instrument)
         smooth_factor=4,  # anchors resized down by this factor and back (bilinear), as the code; 1 = off
     ))
     c.model = ml_collections.ConfigDict(dict(

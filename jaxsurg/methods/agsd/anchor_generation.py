@@ -1,7 +1,11 @@
 """AGSD's anchor generation (Liu et al. 2020, Sec. 2.1): the three cues of every frame fused
 into a positive anchor a_pos = c_col·c_obj·c_loc (confidently instrument) and a negative
 anchor a_neg = (1 − c_col)(1 − c_obj)(1 − c_loc) (confidently background), smoothed as the
-authors' code does (resized down by ``smooth_factor`` and back, bilinear).
+authors' code does (resized down by ``smooth_factor`` and back, bilinear). With
+``cues.mask_border`` (ours) the black border outside the endoscope's circular field of view
+(``unlabelled.field_of_view``) gets a_pos = 0 and a_neg = 1: black is unsaturated with
+a* = 0, so the colour cue would call it instrument (Cholec80 frames have a wide border,
+the paper's EndoVis frames almost none).
 
 Computed once per set of frames and cue settings and stored beside the built datasets, in
 ``<tfds_dir>/agsd_anchors/<digest>/`` (the digest covers the frames' pixels, their runs and
@@ -32,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from jaxsurg import progress, visualize
-from jaxsurg.data import datasets
+from jaxsurg.data import datasets, unlabelled
 from jaxsurg.data.builders.integrity import build_lock
 from jaxsurg.methods.agsd import cues as cues_lib
 from jaxsurg.methods.agsd.frames import AgsdFrames, truth_valid
@@ -85,7 +89,7 @@ def cue_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {
         "version": STORE_VERSION, "colour_normalise": c.colour_normalise, "objectness": c.objectness,
         "bing_dir": os.path.abspath(c.bing_dir) if c.bing_dir else "", "bing_top_k": int(c.bing_top_k),
-        "smooth_factor": int(c.smooth_factor), "objectness_at": c.objectness_at,
+        "smooth_factor": int(c.smooth_factor), "objectness_at": c.objectness_at, "mask_border": bool(c.mask_border),
     }
 
 
@@ -196,7 +200,11 @@ def _compute(config, frames: AgsdFrames, final: str, settings: dict[str, Any]) -
     location = np.asarray(cues_lib.location_cue(colour, frames.run), np.float32)
     a_pos, a_neg = fuse(colour, objectness, location)
     factor = int(config.cues.smooth_factor)
-    maps = {"colour": colour, "objectness": objectness, "location": location, "a_pos": smooth(a_pos, factor), "a_neg": smooth(a_neg, factor)}
+    a_pos, a_neg = smooth(a_pos, factor), smooth(a_neg, factor)
+    if config.cues.mask_border:  # outside the endoscope's field of view nothing is an instrument
+        outside = ~np.stack([unlabelled.field_of_view(im) for im in frames.images])
+        a_pos[outside], a_neg[outside] = 0.0, 1.0
+    maps = {"colour": colour, "objectness": objectness, "location": location, "a_pos": a_pos, "a_neg": a_neg}
     maps = {k: np.clip(v, 0, 1).astype(np.float16) for k, v in maps.items()}
     np.savez(os.path.join(tmp, "anchors.tmp.npz"), **maps)
     os.replace(os.path.join(tmp, "anchors.tmp.npz"), os.path.join(tmp, "anchors.npz"))

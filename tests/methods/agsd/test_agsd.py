@@ -216,3 +216,17 @@ def test_anchors_are_stored_atomically_and_resume_from_their_chunks(tmp_path, mo
     assert json.load(open(os.path.join(final, "cues.json")))["frames"] == n
     # Reused the second time, untouched.
     assert anchor_generation.anchors_for(config, frames).directory == final and calls == []
+
+
+def test_the_black_border_is_a_negative_anchor(tmp_path):
+    n, h, w = 2, 32, 32
+    images = np.full((n, h, w, 3), 128, np.uint8)
+    images[:, :, :6] = 0  # a black endoscope border on the left
+    frames = frames_lib.AgsdFrames(
+        images=images, truth=np.full((n, h, w), 255, np.uint8), run=np.zeros(n, int), trained=np.ones(n, bool),
+        evaluated=np.zeros(n, bool), record=np.arange(n), part=["all"] * n,
+    )
+    masked = anchor_generation.anchors_for(_tiny(tfds_dir=str(tmp_path)), frames)
+    assert np.all(masked.a_pos[:, :, :6] == 0) and np.all(masked.a_neg[:, :, :6] == 1)
+    plain = anchor_generation.anchors_for(_tiny(tfds_dir=str(tmp_path), **{"cues.mask_border": False}), frames)
+    assert plain.directory != masked.directory and plain.a_pos[:, :, :6].max() > 0  # black looks like an instrument
