@@ -78,10 +78,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.loss.margins not in semantic_diffusion.MARGINS:
         raise ValueError(f"config.loss.margins={config.loss.margins!r} is unknown; known: {sorted(semantic_diffusion.MARGINS)}")
     training.parse_terms(config.loss.terms)
-    if not (config.features == "vgg16" or (config.features.startswith("laparoflow:") and len(config.features) > 11)):
-        raise ValueError(f"config.features={config.features!r}: expected 'vgg16' or 'laparoflow:DIR' (a finished Laparoflow-SSL workdir)")
-    if config.features.startswith("laparoflow:") and not os.path.isfile(os.path.join(config.features[11:], "config.json")):
-        raise ValueError(f"config.features={config.features!r}: {config.features[11:]!r} has no config.json (not a finished jaxsurg run)")
+    run_dir = features.laparoflow_dir(config.features)
+    if run_dir is not None and not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise ValueError(f"config.features={config.features!r}: {run_dir!r} has no config.json (not a finished jaxsurg run)")
     if not 0 < config.diffusion_scale <= 1:
         raise ValueError(f"config.diffusion_scale={config.diffusion_scale}: expected a fraction of the frame size in (0, 1]")
     if config.predict.threshold not in prediction.METHODS:

@@ -39,7 +39,7 @@ from jaxsurg import progress, visualize
 from jaxsurg.data import datasets, unlabelled
 from jaxsurg.data.builders.integrity import build_lock
 from jaxsurg.methods.agsd import cues as cues_lib
-from jaxsurg.methods.agsd.frames import AgsdFrames, truth_valid
+from jaxsurg.methods.agsd.frames import AgsdFrames
 from jaxsurg.train import stage
 from jaxsurg.train.writers import write_json
 
@@ -104,8 +104,8 @@ def check_cues(config: ml_collections.ConfigDict) -> None:
     c = config.cues
     if c.colour_normalise not in cues_lib.NORMALISE_CHOICES:
         raise ValueError(f"config.cues.colour_normalise={c.colour_normalise!r} is unknown; known: {cues_lib.NORMALISE_CHOICES}")
-    if c.objectness not in ("spectral_residual", "bing"):
-        raise ValueError(f"config.cues.objectness={c.objectness!r} is unknown; known: 'spectral_residual', 'bing'")
+    if c.objectness not in cues_lib.OBJECTNESS_METHODS:
+        raise ValueError(f"config.cues.objectness={c.objectness!r} is unknown; known: {cues_lib.OBJECTNESS_METHODS}")
     if c.objectness == "bing":
         if not c.bing_dir:
             raise ValueError("config.cues.objectness='bing' needs --config.cues.bing_dir=<folder with BING's nine ObjNessB2W8*.yml.gz model files>")
@@ -155,16 +155,22 @@ def _objectness(config, frames: AgsdFrames, folder: str) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def cue_auc(frames: AgsdFrames, maps: dict[str, np.ndarray]) -> dict[str, Any]:
+def field_of_view(frames: AgsdFrames) -> np.ndarray:
+    """bool (N, H, W): each frame's endoscope field of view (``unlabelled.field_of_view``)."""
+    return np.stack([unlabelled.field_of_view(im) for im in frames.images])
+
+
+def cue_auc(frames: AgsdFrames, maps: dict[str, np.ndarray], fov: np.ndarray) -> dict[str, Any]:
     """The cues.json figures: per map of ``MAPS`` the pixel AUC of instrument vs the rest
     (``a_neg`` scored as 1 − a_neg) over the frames with ground truth, inside the field of
-    view; NaN-free: a map is null where the frames hold only one class."""
+    view ``fov`` (bool (N, H, W), ``field_of_view``) and where the truth is known;
+    NaN-free: a map is null where the frames hold only one class."""
     labelled = np.flatnonzero((frames.truth != 255).any(axis=(1, 2)))
     out: dict[str, Any] = {"frames": int(len(labelled)), "auc": {}}
     if not len(labelled):
         out["note"] = "no frame has ground truth: no AUC"
         return out
-    valid = truth_valid(frames, labelled)
+    valid = (frames.truth[labelled] != 255) & fov[labelled]
     truth = frames.truth[labelled] == 1
     out["instrument_fraction"] = round(float(truth[valid].mean()), 5)
     for name in MAPS:
@@ -201,14 +207,14 @@ def _compute(config, frames: AgsdFrames, final: str, settings: dict[str, Any]) -
     a_pos, a_neg = fuse(colour, objectness, location)
     factor = int(config.cues.smooth_factor)
     a_pos, a_neg = smooth(a_pos, factor), smooth(a_neg, factor)
+    fov = field_of_view(frames)
     if config.cues.mask_border:  # outside the endoscope's field of view nothing is an instrument
-        outside = ~np.stack([unlabelled.field_of_view(im) for im in frames.images])
-        a_pos[outside], a_neg[outside] = 0.0, 1.0
+        a_pos[~fov], a_neg[~fov] = 0.0, 1.0
     maps = {"colour": colour, "objectness": objectness, "location": location, "a_pos": a_pos, "a_neg": a_neg}
     maps = {k: np.clip(v, 0, 1).astype(np.float16) for k, v in maps.items()}
     np.savez(os.path.join(tmp, "anchors.tmp.npz"), **maps)
     os.replace(os.path.join(tmp, "anchors.tmp.npz"), os.path.join(tmp, "anchors.npz"))
-    write_json(os.path.join(tmp, "cues.json"), {"settings": settings, "frames_total": len(frames), **cue_auc(frames, maps)})
+    write_json(os.path.join(tmp, "cues.json"), {"settings": settings, "frames_total": len(frames), **cue_auc(frames, maps, fov)})
     cv2.imwrite(os.path.join(tmp, "anchors.png"), anchors_picture(frames, maps)[..., ::-1])
     for name in os.listdir(tmp):
         if name.startswith("objectness-"):

@@ -13,7 +13,6 @@ only by the jitter, and costs one forward pass per frame instead of one per step
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,19 @@ from jaxsurg.methods.agsd.semantic_diffusion import l2_normalize
 def describe(source: str, vgg16_weights: str) -> str:
     """The features' name for summary.json: ``vgg16 relu5_3 (<weights>)`` or ``laparoflow:DIR``."""
     return f"vgg16 relu5_3 ({vgg16_weights})" if source == "vgg16" else source
+
+
+def laparoflow_dir(source: str) -> str | None:
+    """The workdir of ``config.features = "laparoflow:DIR"``; None for ``"vgg16"``.
+
+    Raises:
+      ValueError: any other value (naming config.features and the accepted forms).
+    """
+    if source == "vgg16":
+        return None
+    if source.startswith("laparoflow:") and len(source) > len("laparoflow:"):
+        return source.split(":", 1)[1]
+    raise ValueError(f"config.features={source!r}: expected 'vgg16' or 'laparoflow:DIR' (a finished Laparoflow-SSL workdir)")
 
 
 def make_extractor(source: str, vgg16_weights: str, shape: tuple[int, int], seed: int) -> Callable[[jax.Array], jax.Array]:
@@ -42,7 +54,8 @@ def make_extractor(source: str, vgg16_weights: str, shape: tuple[int, int], seed
       ValueError: an unknown ``source``; the loaders' errors (a missing file, an unfinished
         Laparoflow-SSL run).
     """
-    if source == "vgg16":
+    run_dir = laparoflow_dir(source)
+    if run_dir is None:
         from jaxsurg.weights.vgg16 import frozen_vgg16
 
         model, params = frozen_vgg16(vgg16_weights, ("relu5_3",), shape, seed)
@@ -50,16 +63,14 @@ def make_extractor(source: str, vgg16_weights: str, shape: tuple[int, int], seed
         def features(x: jax.Array) -> jax.Array:
             return model.apply({"params": params}, x)["relu5_3"]
 
-    elif source.startswith("laparoflow:") and len(source) > len("laparoflow:"):
+    else:
         from jaxsurg.methods.laparoflow.pretrain import load_pretrained_backbone
 
-        model, variables = load_pretrained_backbone(source.split(":", 1)[1])
+        model, variables = load_pretrained_backbone(run_dir)
 
         def features(x: jax.Array) -> jax.Array:
             return model.apply(variables, x, train=False)
 
-    else:
-        raise ValueError(f"config.features={source!r}: expected 'vgg16' or 'laparoflow:DIR' (a finished Laparoflow-SSL workdir)")
     return jax.jit(lambda x: l2_normalize(features(x)))
 
 
@@ -74,8 +85,3 @@ def compute_features(extract: Callable[[jax.Array], jax.Array], frames: np.ndarr
         f = extract(jnp.asarray(padded, jnp.float32) / 255.0)
         out.append(np.asarray(f[: len(chunk)], np.float16))
     return np.concatenate(out)
-
-
-def feature_info(features: np.ndarray) -> dict[str, Any]:
-    """The features' shape for summary.json."""
-    return {"height": int(features.shape[1]), "width": int(features.shape[2]), "channels": int(features.shape[3])}

@@ -226,9 +226,3 @@ def crop_resize(x: jax.Array, box: jax.Array, flip: jax.Array, size: tuple[int, 
         return jnp.where(f, out[:, ::-1], out)
 
     return jax.vmap(one)(x, box, flip)
-
-
-def truth_valid(frames: AgsdFrames, index: Any = slice(None)) -> np.ndarray:
-    """bool (n, H, W): pixels with ground truth (not 255) inside the endoscope's field of view."""
-    images, truth = frames.images[index], frames.truth[index]
-    return (truth != 255) & np.stack([unlabelled.field_of_view(im) for im in images])
