@@ -26,6 +26,7 @@ import os
 import shutil
 from typing import Any
 
+import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,7 +36,7 @@ from jaxsurg import evaluate, metrics
 from jaxsurg.config import check_size, resolve_stage
 from jaxsurg.data import pipeline
 from jaxsurg.methods import common
-from jaxsurg.methods.agsd import anchor_generation, anchor_loss, features, frames as frames_lib, networks, prediction, semantic_diffusion, training
+from jaxsurg.methods.agsd import anchor_generation, anchor_loss, cues, features, frames as frames_lib, networks, prediction, semantic_diffusion, training
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
@@ -103,6 +104,18 @@ def anchor_scores(frames: frames_lib.AgsdFrames, anchors: anchor_generation.Anch
     return out
 
 
+def network_auc(frames: frames_lib.AgsdFrames, rows: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """The threshold-free score of the network: the pixel AUC (``cues.pixel_auc``) of its p
+    (float (len(rows), H, W), in the order of ``rows``) for instrument vs the rest, over the
+    evaluated frames ``rows``, inside the field of view and where the truth is known — the
+    figure cues.json gives for each cue, so the two compare. None where only one class is
+    present."""
+    truth = frames.truth[rows]
+    valid = (truth != 255) & anchor_generation.field_of_view(frames, rows)
+    auc = cues.pixel_auc(probabilities.astype(np.float32), truth == 1, valid)
+    return None if np.isnan(auc) else round(float(auc), 4)
+
+
 def _copy_anchor_files(anchors: anchor_generation.Anchors, workdir: str) -> None:
     out = os.path.join(workdir, "anchors")
     os.makedirs(out, exist_ok=True)
@@ -150,7 +163,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
             frames_lib.Pairs(frames, anchors.a_pos, anchors.a_neg, feats), frames_lib.pair_augment(config), mesh,
         )
     variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-    predict, thresholds = prediction.make_predictor(lambda v, x: model.apply(v, x, train=False), variables, config.predict)
+    predict, record = prediction.make_predictor(lambda v, x: model.apply(v, x, train=False), variables, config.predict)
     rows = np.flatnonzero(frames.evaluated)
     header = {
         "method": "agsd", "dataset": config.dataset, "task": config.task, "setting": config.setting, "split": data.split_info,
@@ -169,6 +182,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
             class_names=data.class_names, out_dir=eval_dir, header=header,
             batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
         )
+        thresholds = np.asarray(record["thresholds"])
         summary["threshold"] = {
             "method": config.predict.threshold, "mean": round(float(np.mean(thresholds)), 4), "min": round(float(np.min(thresholds)), 4),
             "max": round(float(np.max(thresholds)), 4),
@@ -176,6 +190,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
         }
         summary["anchors_alone"] = anchor_scores(frames, anchors, data.class_names)
         summary["cues_auc"] = anchors.auc.get("auc", {})
+        probabilities = np.stack(record["probabilities"])
+        summary["network_auc"] = network_auc(frames, rows, probabilities)
+        stage.on_host0(lambda: cv2.imwrite(os.path.join(eval_dir, "probability.png"), prediction.probability_picture(
+            frames.images[rows], probabilities, anchors.a_pos[rows], frames.truth[rows], thresholds)[..., ::-1]), "probability picture")
 
         def frames_file():
             with open(os.path.join(eval_dir, "frames.jsonl"), "w", encoding="utf-8") as f:

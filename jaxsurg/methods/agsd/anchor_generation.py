@@ -155,9 +155,11 @@ def _objectness(config, frames: AgsdFrames, folder: str) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def field_of_view(frames: AgsdFrames) -> np.ndarray:
-    """bool (N, H, W): each frame's endoscope field of view (``unlabelled.field_of_view``)."""
-    return np.stack([unlabelled.field_of_view(im) for im in frames.images])
+def field_of_view(frames: AgsdFrames, rows: np.ndarray | None = None) -> np.ndarray:
+    """bool (N, H, W): each frame's endoscope field of view (``unlabelled.field_of_view``),
+    or only those of the frame indices ``rows`` (in their order)."""
+    images = frames.images if rows is None else frames.images[rows]
+    return np.stack([unlabelled.field_of_view(im) for im in images])
 
 
 def cue_auc(frames: AgsdFrames, maps: dict[str, np.ndarray], fov: np.ndarray) -> dict[str, Any]:

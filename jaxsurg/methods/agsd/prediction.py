@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsurg import visualize
 from jaxsurg.ops.otsu import otsu_threshold
 
 METHODS = ("otsu", "fixed")
@@ -58,20 +59,46 @@ def binarize(prob: np.ndarray, method: str, *, fixed_threshold: float = 0.6, min
     return masks, np.full(len(prob), fixed_threshold, np.float32)
 
 
-def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, predict_config) -> tuple[Callable[[np.ndarray], np.ndarray], list[float]]:
+def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, predict_config) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, list]]:
     """A host predictor for ``jaxsurg.evaluate.evaluate_segmentation``: uint8 (B, H, W, 3)
-    → int32 (B, H, W), through σ(logits) and ``binarize`` with ``config.predict``; also
-    the list the thresholds used are appended to (for summary.json)."""
+    → int32 (B, H, W), through σ(logits) and ``binarize`` with ``config.predict``.
+
+    Also returns the record it fills as it predicts, in call order: ``"thresholds"``, the
+    float threshold used per frame, and ``"probabilities"``, float16 (H, W) p per frame
+    (for the threshold-free pixel AUC and ``probability_picture``; at the working size)."""
     variables = jax.device_get(variables)
     prob = jax.jit(lambda x: jax.nn.sigmoid(apply_fn(variables, x.astype(jnp.float32) / 255.0)[..., 0]))
-    thresholds: list[float] = []
+    record: dict[str, list] = {"thresholds": [], "probabilities": []}
 
     def predict(images: np.ndarray) -> np.ndarray:
-        masks, t = binarize(
-            np.asarray(prob(images)), predict_config.threshold, fixed_threshold=predict_config.fixed_threshold,
-            min_area_fraction=predict_config.min_area_fraction,
-        )
-        thresholds.extend(float(v) for v in t)
+        p = np.asarray(prob(images))
+        masks, t = binarize(p, predict_config.threshold, fixed_threshold=predict_config.fixed_threshold, min_area_fraction=predict_config.min_area_fraction)
+        record["thresholds"].extend(float(v) for v in t)
+        record["probabilities"].extend(p.astype(np.float16))
         return masks
 
-    return predict, thresholds
+    return predict, record
+
+
+def probability_picture(images: np.ndarray, probabilities: np.ndarray, a_pos: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, count: int = 4) -> np.ndarray:
+    """``eval/probability.png``: rows of frame | p | a_pos | ground truth for ``count``
+    evaluated frames evenly spaced, p and a_pos on one colour scale ([0, 1], bright = high),
+    each row's title giving its threshold; the picture that shows whether a poor score is a
+    poor ranking (p high in the wrong place) or a poor threshold (p right but cut wrongly).
+
+    Args:
+      images: uint8 (N, H, W, 3); probabilities, a_pos: float (N, H, W) in [0, 1];
+      truth: uint8 (N, H, W) 1 instrument / 0 rest / 255 unknown; thresholds: float (N,).
+
+    Returns:
+      uint8 RGB picture."""
+    def heat(m):
+        grey = np.clip(np.asarray(m, np.float32) * 255, 0, 255).astype(np.uint8)
+        return cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS)[..., ::-1]
+
+    panels, titles = [], []
+    for i in np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int):
+        t = np.asarray(truth[i])
+        panels += [images[i], heat(probabilities[i]), heat(a_pos[i]), np.where(t == 255, 128, t * 255).astype(np.uint8)]
+        titles += [f"frame {i}", f"p (threshold {thresholds[i]:.2f})", "a_pos", "instrument (grey: unknown)"]
+    return visualize.compose(panels, titles, columns=4, caption="AGSD prediction: the network's p before thresholding, beside its anchors and the truth")

@@ -46,6 +46,7 @@ def test_agsd_tiny_on_synthetic_runs_every_stage_stores_the_anchors_and_resumes(
     assert set(summary["anchors_alone"]) == {"a_pos", "1 - a_neg"}
     assert summary["threshold"]["method"] == "otsu" and 0 < summary["threshold"]["mean"] < 1
     assert set(summary["stage_seconds"]) == {"frames", "anchors", "features", "train", "eval"}
+    assert 0.0 <= summary["network_auc"] <= 1.0 and (w / "eval" / "probability.png").stat().st_size > 0
     cues = json.load(open(w / "anchors" / "cues.json"))
     assert cues["frames"] == 24 and set(cues["auc"]) == {"colour", "objectness", "location", "a_pos", "1 - a_neg"}
     # The synthetic instruments are grey on red tissue: the colour cue carries signal.
@@ -230,3 +231,26 @@ def test_the_black_border_is_a_negative_anchor(tmp_path):
     assert np.all(masked.a_pos[:, :, :6] == 0) and np.all(masked.a_neg[:, :, :6] == 1)
     plain = anchor_generation.anchors_for(_tiny(tfds_dir=str(tmp_path), **{"cues.mask_border": False}), frames)
     assert plain.directory != masked.directory and plain.a_pos[:, :, :6].max() > 0  # black looks like an instrument
+
+
+def test_network_auc_ranks_inside_the_field_of_view_where_the_truth_is_known():
+    n, h, w = 3, 32, 32
+    images = np.full((n, h, w, 3), 128, np.uint8)
+    images[:, :, :6] = 0  # a black border on the left: outside the field of view
+    truth = np.zeros((n, h, w), np.uint8)
+    truth[:, 10:20, 10:20] = 1
+    truth[2] = 255  # a frame without ground truth
+    frames = frames_lib.AgsdFrames(
+        images=images, truth=truth, run=np.zeros(n, int), trained=np.ones(n, bool), evaluated=np.ones(n, bool),
+        record=np.arange(n), part=["all"] * n,
+    )
+    rows = np.array([0, 1, 2])
+    p = (truth == 1).astype(np.float32) * 0.5 + 0.25
+    assert agsd.network_auc(frames, rows, p) == 1.0
+    p[:, :, :6] = 1.0  # certain "instrument" on the border: not counted
+    assert agsd.network_auc(frames, rows, p) == 1.0
+    p[1] = 1 - p[1]  # one frame ranked backwards: half of the pairs across the two frames
+    assert 0.3 < agsd.network_auc(frames, rows, p) < 0.7
+    assert agsd.network_auc(frames, rows[2:], p[2:]) is None  # no known pixel
+    picture = prediction.probability_picture(images, p, p, truth, np.full(n, 0.5))
+    assert picture.dtype == np.uint8 and picture.ndim == 3
