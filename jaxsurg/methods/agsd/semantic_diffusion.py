@@ -26,21 +26,25 @@ def l2_normalize(features: jax.Array, eps: float = 1e-6) -> jax.Array:
     return f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + eps)
 
 
-def pool(p: jax.Array, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+def pool(p: jax.Array, features: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Eq. (2): f_fg = Σ_i p_i F_i and f_bg = Σ_i (1 − p_i) F_i, each divided by its weight
     sum as the code does (a positive scale, which the cosine of Eq. 3–4 ignores).
 
     Args:
       p: float (B, H, W) instrument probabilities in [0, 1].
       features: float (B, H, W, D) per-pixel features at the same size.
+      valid: optional float (B, H, W) in [0, 1], a weight on every pixel of both sums
+        (ours: the endoscope's field of view, so that the black border and the image edge
+        are pooled into neither region); None = 1 everywhere, the paper's.
 
     Returns:
       (f_fg, f_bg), float32 (B, D) each.
     """
     p = p.astype(jnp.float32)[..., None]
+    v = jnp.ones_like(p) if valid is None else valid.astype(jnp.float32)[..., None]
     f = features.astype(jnp.float32)
-    fg = (p * f).sum(axis=(1, 2)) / (p.sum(axis=(1, 2)) + _EPS)
-    bg = ((1.0 - p) * f).sum(axis=(1, 2)) / ((1.0 - p).sum(axis=(1, 2)) + _EPS)
+    fg = (v * p * f).sum(axis=(1, 2)) / ((v * p).sum(axis=(1, 2)) + _EPS)
+    bg = (v * (1.0 - p) * f).sum(axis=(1, 2)) / ((v * (1.0 - p)).sum(axis=(1, 2)) + _EPS)
     return fg, bg
 
 
@@ -54,7 +58,8 @@ def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def semantic_diffusion_loss(
-    p_t: jax.Array, p_t1: jax.Array, features_t: jax.Array, features_t1: jax.Array, margins: str = "paper"
+    p_t: jax.Array, p_t1: jax.Array, features_t: jax.Array, features_t1: jax.Array, margins: str = "paper",
+    valid_t: jax.Array | None = None, valid_t1: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """L_dif^fg (Eq. 3) and L_dif^bg (Eq. 4) of each pair, weighted.
 
@@ -66,6 +71,8 @@ def semantic_diffusion_loss(
       features_t, features_t1: float (B, H, W, D) frozen features at the same size
         (L2-normalised per pixel by the caller: ``l2_normalize``).
       margins: ``"paper"`` (0.2, 0.8; weights 1, 1) or ``"code"`` (0.05, 0.45; weights 0.5, 2).
+      valid_t, valid_t1: optional float (B, H, W) pixel weights of each frame's pooling
+        (``pool``); None pools every pixel (the paper).
 
     Returns:
       (w_fg·L_fg, w_bg·L_bg), float32 (B,) each.
@@ -76,8 +83,8 @@ def semantic_diffusion_loss(
     if margins not in MARGINS:
         raise ValueError(f"semantic diffusion margins {margins!r} are unknown; known: {sorted(MARGINS)}")
     m_fg, m_bg, w_fg, w_bg = MARGINS[margins]
-    fg_t, bg_t = pool(p_t, features_t)
-    fg_t1, bg_t1 = pool(p_t1, features_t1)
+    fg_t, bg_t = pool(p_t, features_t, valid_t)
+    fg_t1, bg_t1 = pool(p_t1, features_t1, valid_t1)
     intra = cosine(fg_t, bg_t) + cosine(fg_t1, bg_t1)
     l_fg = jnp.maximum(intra - 2.0 * cosine(fg_t, fg_t1) + m_fg, 0.0)
     l_bg = jnp.maximum(intra - 2.0 * cosine(bg_t, bg_t1) + m_bg, 0.0)

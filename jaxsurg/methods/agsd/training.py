@@ -77,10 +77,12 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict, mesh):
         x = crop_resize(batch["image"].reshape(2 * b, *size, 3).astype(jnp.float32) / 255.0, box, flip, size)
         anchors = jnp.stack([batch["a_pos"], batch["a_neg"]], -1).reshape(2 * b, *size, 2)
         anchors = jnp.clip(crop_resize(anchors, box, flip, size), 0.0, 1.0)
-        features = None
+        features = view = None
         if diffusion:
             f = batch["features"]
             features = crop_resize(f.reshape(2 * b, *f.shape[2:]), box, flip, dsize, "cubic").reshape(b, 2, *dsize, -1)
+            if "view" in batch:
+                view = crop_resize(batch["view"].reshape(2 * b, *size, 1), box, flip, dsize).reshape(b, 2, *dsize)
 
         def loss_fn(params):
             variables = {"params": params}
@@ -95,7 +97,8 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict, mesh):
             l_fg = l_bg = zero
             if diffusion:
                 p = jax.image.resize(jax.nn.sigmoid(z), (2 * b, *dsize), "cubic").clip(0.0, 1.0).reshape(b, 2, *dsize)
-                l_fg, l_bg = semantic_diffusion_loss(p[:, 0], p[:, 1], features[:, 0], features[:, 1], config.loss.margins)
+                valid = (None, None) if view is None else (view[:, 0], view[:, 1])
+                l_fg, l_bg = semantic_diffusion_loss(p[:, 0], p[:, 1], features[:, 0], features[:, 1], config.loss.margins, *valid)
             total = (l_anc if "anchor" in terms else zero) + (l_fg if "fg" in terms else zero) + (l_bg if "bg" in terms else zero)
             aux: dict[str, Any] = {"anchor": l_anc.mean(), "fg": l_fg.mean(), "bg": l_bg.mean(), "p_mean": jax.nn.sigmoid(z).mean()}
             if updates is not None:

@@ -82,6 +82,22 @@ def test_pool_normalises_by_the_weights_which_the_cosine_ignores():
     np.testing.assert_allclose(bg[0], ((1 - p[0])[..., None] * f[0]).sum((0, 1)) / (1 - p).sum(), rtol=1e-5)
 
 
+def test_pooling_inside_the_field_of_view_ignores_the_border_and_its_gradient():
+    rng = np.random.default_rng(4)
+    p = rng.uniform(size=(1, 4, 6)).astype(np.float32)
+    f = rng.normal(size=(1, 4, 6, 3)).astype(np.float32)
+    valid = np.ones((1, 4, 6), np.float32)
+    valid[:, :, :2] = 0  # a border on the left
+    fg, bg = pool(jnp.asarray(p), jnp.asarray(f), jnp.asarray(valid))
+    inner_fg, inner_bg = pool(jnp.asarray(p[:, :, 2:]), jnp.asarray(f[:, :, 2:]))  # the same pixels without a border
+    np.testing.assert_allclose(fg, inner_fg, rtol=1e-5)
+    np.testing.assert_allclose(bg, inner_bg, rtol=1e-5)
+    np.testing.assert_allclose(pool(jnp.asarray(p), jnp.asarray(f), jnp.ones((1, 4, 6)))[0], pool(jnp.asarray(p), jnp.asarray(f))[0], rtol=1e-6)
+    f2 = rng.normal(size=(1, 4, 6, 3)).astype(np.float32)
+    g = jax.grad(lambda q: sum(t.sum() for t in semantic_diffusion_loss(q, q, jnp.asarray(f), jnp.asarray(f2), "paper", valid, valid)))(jnp.asarray(p))
+    assert float(jnp.abs(g[:, :, :2]).max()) == 0.0 and float(jnp.abs(g[:, :, 2:]).max()) > 0  # p on the border is not pushed
+
+
 def test_the_gradient_stays_finite_when_a_region_pools_nothing():
     """p = 0 everywhere (after the clip of its bicubic resize) pools f_fg = 0: the loss and
     its gradient must stay finite (a norm's gradient at 0 is NaN)."""
