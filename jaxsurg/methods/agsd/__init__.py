@@ -84,6 +84,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.features={config.features!r}: {run_dir!r} has no config.json (not a finished jaxsurg run)")
     if not 0 < config.diffusion_scale <= 1:
         raise ValueError(f"config.diffusion_scale={config.diffusion_scale}: expected a fraction of the frame size in (0, 1]")
+    if not 0 <= config.loss.edge_margin < 0.25:
+        raise ValueError(f"config.loss.edge_margin={config.loss.edge_margin}: expected a fraction of the frame's shorter side in [0, 0.25)")
     if config.predict.threshold not in prediction.METHODS:
         raise ValueError(f"config.predict.threshold={config.predict.threshold!r} is unknown; known: {prediction.METHODS}")
     frames_lib.pair_augment(config)
@@ -102,6 +104,22 @@ def anchor_scores(frames: frames_lib.AgsdFrames, anchors: anchor_generation.Anch
         s = metrics.summarize(jax.device_get(metrics.confusion_counts(jnp.asarray(masks), truth, len(class_names))), class_names)
         out[name] = {k: round(getattr(s, k), 5) for k in ("iou_mean", "iou_std", "dice_mean", "dice_std")}
     return out
+
+
+def diffusion_view(frames: frames_lib.AgsdFrames, loss: ml_collections.ConfigDict) -> np.ndarray | None:
+    """The pixels the semantic diffusion pools (ours; the paper pools all): bool (N, H, W),
+    inside the endoscope's field of view when ``loss.field_of_view`` and farther than
+    ``loss.edge_margin`` × the frame's shorter side (pixels, rounded) from every image edge;
+    None when neither is asked for (every pixel, the paper's pooling). ``check_config``
+    has checked the margin."""
+    if not loss.field_of_view and not loss.edge_margin:
+        return None
+    n, h, w = frames.images.shape[:3]
+    view = anchor_generation.field_of_view(frames) if loss.field_of_view else np.ones((n, h, w), bool)
+    m = int(round(loss.edge_margin * min(h, w)))
+    if m:
+        view[:, :m], view[:, h - m :], view[:, :, :m], view[:, :, w - m :] = False, False, False, False
+    return view
 
 
 def network_auc(frames: frames_lib.AgsdFrames, rows: np.ndarray, probabilities: np.ndarray) -> float | None:
@@ -156,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
         with stage.timed(seconds, "features"):
             extract = features.make_extractor(config.features, config.vgg16_weights, tuple(config.resize), config.seed + 3)
             feats = features.compute_features(extract, frames.images, batch_size=config.eval_batch_size)
-    view = anchor_generation.field_of_view(frames) if feats is not None and config.loss.field_of_view else None
+    view = diffusion_view(frames, config.loss) if feats is not None else None
     model = networks.build_network(config.model)
     with stage.timed(seconds, "train"):
         state = stage.train(

@@ -110,6 +110,7 @@ def _tiny(**changes):
     ({"cues.objectness": "bing", "cues.bing_dir": "/nonexistent"}, "nonexistent"),
     ({"crop_scale": (0.9, 0.5)}, "crop_scale"),
     ({"predict.threshold": "mean"}, "predict.threshold"),
+    ({"loss.edge_margin": 0.3}, "loss.edge_margin"),
 ])
 def test_bad_configs_are_refused_before_any_data_is_built(change, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -163,6 +164,7 @@ def test_a_training_step_lowers_the_loss_and_updates_batch_norm():
     batch = {
         "image": image, "a_pos": a_pos, "a_neg": 1 - a_pos, "features": rng.normal(size=(2, 2, 4, 4, 8)).astype(np.float16),
         "box": np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (2, 1)), "flip": np.zeros(2, bool),
+        "view": np.pad(np.ones((2, 2, 64, 56), np.float16), ((0, 0), (0, 0), (0, 0), (8, 0))),  # the diffusion pools inside it
     }
     step = training.make_train_step(model, c, mesh)
     stats0 = jax.device_get(state.batch_stats)
@@ -254,3 +256,21 @@ def test_network_auc_ranks_inside_the_field_of_view_where_the_truth_is_known():
     assert agsd.network_auc(frames, rows[2:], p[2:]) is None  # no known pixel
     picture = prediction.probability_picture(images, p, p, truth, np.full(n, 0.5))
     assert picture.dtype == np.uint8 and picture.ndim == 3
+
+
+def test_the_diffusion_pools_inside_the_view_and_away_from_the_image_edges():
+    n, h, w = 2, 32, 40
+    images = np.full((n, h, w, 3), 128, np.uint8)
+    images[:, :, :6] = 0  # a black border on the left
+    frames = frames_lib.AgsdFrames(
+        images=images, truth=np.full((n, h, w), 255, np.uint8), run=np.zeros(n, int), trained=np.ones(n, bool),
+        evaluated=np.zeros(n, bool), record=np.arange(n), part=["all"] * n,
+    )
+    loss = _tiny().loss
+    assert agsd.diffusion_view(frames, loss) is None  # the paper: every pixel
+    loss.field_of_view = True
+    view = agsd.diffusion_view(frames, loss)
+    assert not view[:, :, :6].any() and view[:, 4:-4, 10:-4].all()
+    loss.field_of_view, loss.edge_margin = False, 0.125  # 4 px of the shorter side, 32
+    view = agsd.diffusion_view(frames, loss)
+    assert view.sum() == n * (h - 8) * (w - 8) and view[:, 4:-4, 4:-4].all()
