@@ -78,7 +78,7 @@ def resolve_stage(block: ml_collections.ConfigDict, examples_per_epoch: int) -> 
 def base_config() -> ml_collections.ConfigDict:
     """The keys every method's config has, with defaults for the embedded synthetic data."""
     c = ml_collections.ConfigDict()
-    c.method = ""  # the method run: unet11 | laparoflow | dual_motion | agsd
+    c.method = ""  # the method run: unet11 | laparoflow | dual_motion | agsd | pat
     c.variant = "default"  # tiny (CI smoke test) | default (this 2-core CPU) | paper
     c.seed = 0  # seeds initialisation, batches, augmentation and labelled-frame choice
     # Data.

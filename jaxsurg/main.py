@@ -34,10 +34,11 @@ METHODS = {
     "laparoflow": "jaxsurg.methods.laparoflow",
     "dual_motion": "jaxsurg.methods.dual_motion",
     "agsd": "jaxsurg.methods.agsd",
+    "pat": "jaxsurg.methods.pat",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A packaged config by name (unet11, laparoflow, dual_motion, agsd) or a path to a config file, [:arg].",
+    "config", None, "A packaged config by name (unet11, laparoflow, dual_motion, agsd, pat) or a path to a config file, [:arg].",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation.")

@@ -39,7 +39,7 @@ def test_descriptions_follow_the_block_a_key_is_in():
 def test_help_and_show_from_any_folder(tmp_path):
     out = _jaxsurg("--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("unet11", "laparoflow", "dual_motion", "agsd"):
+    for name in ("unet11", "laparoflow", "dual_motion", "agsd", "pat"):
         assert f"--config={name}:variant=tiny" in out.stdout
     assert "variants: tiny, default, paper" in out.stdout and "--show" in out.stdout
     out = _jaxsurg("--config=laparoflow:variant=tiny", "--config.num_labelled=3", "--show", cwd=tmp_path)
@@ -47,7 +47,7 @@ def test_help_and_show_from_any_folder(tmp_path):
     assert "num_labelled = 3" in out.stdout and "chosen by config.seed" in out.stdout
     assert os.listdir(tmp_path) == []  # nothing run, nothing written
     out = _jaxsurg("--config=unet12", "--show", cwd=tmp_path)
-    assert out.returncode != 0 and "packaged: agsd, dual_motion, laparoflow, unet11" in out.stderr
+    assert out.returncode != 0 and "packaged: agsd, dual_motion, laparoflow, pat, unet11" in out.stderr
 
 
 def test_config_found_by_name_path_or_file(tmp_path):

@@ -223,3 +223,32 @@ def test_converter_names_missing_and_misshaped_keys():
     unet_sd = {k.replace("features.", "encoder."): v for k, v in _fake_vgg_state_dict().items()}
     with pytest.raises(KeyError, match=r"center\.block\.0\.conv\.weight"):
         torch_convert.unet11_params(unet_sd)
+
+
+def test_unet11_one_channel_input_for_pats_l_channel():
+    """input_channels=1 (PAT's L/50 − 1): conv1 takes one channel, no ImageNet normalisation,
+    the parameter names unchanged; the default (3) is bit-identical to before."""
+    x3 = jnp.asarray(np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32))
+    default = UNet11(num_filters=4)
+    explicit = UNet11(num_filters=4, input_channels=3)
+    p3 = jax.jit(default.init)(jax.random.PRNGKey(0), x3)
+    np.testing.assert_array_equal(default.apply(p3, x3), explicit.apply(p3, x3))
+    model = UNet11(num_classes=2, num_filters=4, input_channels=1)
+    x1 = x3[..., :1] * 2 - 1
+    p1 = jax.jit(model.init)(jax.random.PRNGKey(0), x1)["params"]
+    assert p1["encoder"]["conv1"]["kernel"].shape == (3, 3, 1, 64)
+    assert jax.tree.structure(p1) == jax.tree.structure(jax.eval_shape(UNet11(num_classes=2, num_filters=4).init, jax.random.PRNGKey(0), x3)["params"])
+    n1 = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(p1))
+    n3 = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(jax.eval_shape(UNet11(num_classes=2, num_filters=4).init, jax.random.PRNGKey(0), x3)))
+    assert n3 - n1 == 3 * 3 * 2 * 64
+    out = model.apply({"params": p1}, x1)
+    assert out.shape == (1, 32, 32, 2) and np.isfinite(np.asarray(out)).all()
+    # Used as given: the encoder's first features are conv1(x) + bias with no (x − mean)/std.
+    _, inter = model.apply({"params": p1}, x1, capture_intermediates=True)
+    feats = inter["intermediates"]["encoder"]["conv1"]["__call__"][0]
+    ref = jax.nn.relu(jax.lax.conv_general_dilated(x1, p1["encoder"]["conv1"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p1["encoder"]["conv1"]["bias"])
+    np.testing.assert_allclose(feats, ref, atol=1e-5)
+    with pytest.raises(ValueError, match=re.escape("(N, H, W, 1)")):
+        model.init(jax.random.PRNGKey(0), x3)
+    with pytest.raises(ValueError, match="input_channels"):
+        UNet11(input_channels=0).init(jax.random.PRNGKey(0), x3[..., :0])

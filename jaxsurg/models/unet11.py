@@ -46,7 +46,11 @@ class UNet11(nn.Module):
     ``apply({'params': p}, x)``: x float32 (N, H, W, 3) RGB in [0, 1] with H and W
     multiples of 32 → logits float32 (N, H, W, num_classes). The input is normalised inside
     with the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225), as the
-    torchvision VGG11 weights expect; do not normalise before calling. Logits are raw (no
+    torchvision VGG11 weights expect; do not normalise before calling. With
+    ``input_channels`` ≠ 3 (e.g. 1: PAT's L channel, already scaled to [−1, 1] by
+    ``jaxsurg.methods.pat.recolorization.to_lab_input``) x is (N, H, W, input_channels) and
+    is used as given (no ImageNet normalisation); only ``encoder.conv1``'s kernel changes
+    shape, to (3, 3, input_channels, 64). Logits are raw (no
     sigmoid / log-softmax; TernausNet's multi-class model ends in log-softmax, which
     ``ternaus_loss`` applies itself).
 
@@ -61,11 +65,15 @@ class UNet11(nn.Module):
         dec1   = ConvReLU(nf)(cat[dec2, conv1])
         final  = Conv1×1(num_classes)(dec1)
 
-    With nf = 32 and num_classes = 1 this has 25,364,513 parameters, as the PyTorch model.
+    With nf = 32 and num_classes = 1 this has 25,364,513 parameters, as the PyTorch model
+    (1,152 fewer with ``input_channels=1``).
 
     Attributes:
       num_classes: output channels (1 for a binary task: one logit).
       num_filters: TernausNet's nf (32 in the paper).
+      input_channels: channels of x. 3 (default): RGB in [0, 1], ImageNet-normalised inside
+        (TernausNet; loads torchvision VGG11 weights). Any other count ≥ 1: x used as given
+        (e.g. 1 for PAT's scaled L channel); torchvision VGG11 weights do not fit conv1.
       dtype: computation dtype (``jnp.bfloat16`` on TPU); params are float32.
       upsample: implementation of the transposed convolutions: "phase" (default; fast and
         exact, reverse-mode differentiation only), "phase_autodiff" (same forward, also
@@ -80,25 +88,30 @@ class UNet11(nn.Module):
     ConvLSTM at the bottleneck under the same parameter names).
 
     Raises:
-      ValueError: input not rank 4 with 3 channels, or H or W not a multiple of 32.
+      ValueError: input not rank 4 with ``input_channels`` channels, H or W not a multiple
+        of 32, or ``input_channels`` < 1.
     """
 
     num_classes: int = 1
     num_filters: int = 32
     dtype: Any = jnp.float32
     upsample: str = "phase"
+    input_channels: int = 3
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"UNet11 expects (N, H, W, 3) images, got shape {x.shape}")
+        if self.input_channels < 1:
+            raise ValueError(f"UNet11.input_channels must be >= 1, got {self.input_channels}")
+        if x.ndim != 4 or x.shape[-1] != self.input_channels:
+            raise ValueError(f"UNet11 expects (N, H, W, {self.input_channels}) images, got shape {x.shape}")
         if x.shape[1] % 32 or x.shape[2] % 32:
             raise ValueError(
                 f"UNet11 needs H and W that are multiples of 32, got shape {x.shape} "
                 f"(H={x.shape[1]}, W={x.shape[2]})"
             )
         return unet11_layers(
-            x, num_classes=self.num_classes, num_filters=self.num_filters, dtype=self.dtype, upsample=self.upsample
+            x, num_classes=self.num_classes, num_filters=self.num_filters, dtype=self.dtype, upsample=self.upsample,
+            normalize=self.input_channels == 3,
         )
 
 
@@ -110,6 +123,7 @@ def unet11_layers(
     dtype: Any = jnp.float32,
     upsample: str = "phase",
     bottleneck: Callable[[Array], Array] | None = None,
+    normalize: bool = True,
 ) -> Array:
     """The body of ``UNet11``, with an optional hook at the bottleneck.
 
@@ -119,18 +133,21 @@ def unet11_layers(
     load its params. It does not check the input (the caller does).
 
     Args:
-      x: (N, H, W, 3) RGB in [0, 1], H and W multiples of 32.
+      x: (N, H, W, 3) RGB in [0, 1] (with ``normalize``), else (N, H, W, C) used as given;
+        H and W multiples of 32.
       num_classes, num_filters, dtype, upsample: as ``UNet11``'s fields.
       bottleneck: optional function applied to the pooled conv5 features
         ``max_pool_2x2(conv5)`` (N, H/32, W/32, 512) before ``center``; it must return an
         array of the same shape (it may create further submodules of the calling module,
         e.g. the ConvLSTM of ``UNet11ConvLSTM``). None = identity (plain U-Net11).
+      normalize: ImageNet-normalise x inside the encoder (True: RGB input, today's U-Net11);
+        False: any channel count, used as given (``UNet11.input_channels`` ≠ 3).
 
     Returns:
       logits (N, H, W, num_classes) float32.
     """
     nf, dt = num_filters, dtype
-    conv1, conv2, conv3, conv4, conv5 = VGG11Encoder(dtype=dt, name="encoder")(x)
+    conv1, conv2, conv3, conv4, conv5 = VGG11Encoder(normalize=normalize, dtype=dt, name="encoder")(x)
 
     def block(middle: int, features: int, name: str) -> DecoderBlock:
         return DecoderBlock(middle, features, dtype=dt, upsample=upsample, name=name)

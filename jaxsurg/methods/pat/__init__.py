@@ -2,19 +2,157 @@
 self-supervised learning", IJCARS 2018): pretrain the segmentation U-Net on an auxiliary task,
 re-colourisation of unlabelled frames, then fine-tune it for instrument segmentation.
 
-Planned stages: ``pretrain`` (the U-Net generator G recolours the L channel of CIE L*a*b*
-frames into (a, b) against a discriminator D, sec. 2.2.1, Eqs. 1–5) → ``finetune`` (all
-pretrained layers kept, the last layer re-initialised, binary cross entropy, sec. 2.2.2) →
-``evaluate``.
+Stages, each resumable from its own checkpoints (``WORKDIR/<stage>/checkpoints``):
 
-This release holds the recolourisation pieces only (no ``run`` yet):
+1. ``pretrain`` (``pretraining``; skipped with ``pretrain.enabled=False``, the paper's "no
+   pretraining" arm): the a*, b* histograms of the unlabelled frames and the rebalancing
+   weights (``WORKDIR/pretrain/histograms.npz``, ``.json``, ``.png``), then the GAN — G, a
+   U-Net11 from L to (a, b), against D, ResNet18 or PatchGAN (sec. 2.2.1, Eqs. 1–5);
+   ``WORKDIR/pretrain/recolor.png``.
+2. ``finetune`` (``fine_tuning``): the same U-Net11, every layer but the last (``final``)
+   from G, binary cross-entropy on the labelled frames, learning rate × 0.1 after a
+   plateau of the validation loss (sec. 2.2.2); ``WORKDIR/finetune/split.json`` (the
+   training and validation frames), ``plateau.json``.
+3. ``eval``: the TernausNet binary protocol on the test frames (``eval/summary.json``,
+   overlays).
 
-- ``colour_rebalancing``: a*, b* histograms of the frames (grid size 1) and the weights P^c
-  of the rebalanced loss L2 (Eq. 3): rarity weights after Zhang et al. 2016 by default, the
-  paper's literal relative frequency as an option.
-- ``recolorization``: the L → ab input / target scaling, the losses L1 (least-squares GAN,
-  Eq. 2), L2 (Eq. 3), L3 (Eq. 4), L_G (Eq. 1) with bound-based γ, λ, φ, L_D (Eq. 5), and the
-  jitted GAN step (D's update, then G's against the updated D).
-- the discriminators are ``jaxsurg.models.discriminators`` (``ResNet18Discriminator``, the
-  paper's; ``PatchGAN``, pix2pix's 70×70, as an option).
+Pieces: ``colour_rebalancing`` (histograms, weights P^c of Eq. 3), ``recolorization`` (the
+L → ab scaling, the losses, the GAN step), ``jaxsurg.models.discriminators``.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from jaxsurg import evaluate
+from jaxsurg.config import check_size, resolve_stage
+from jaxsurg.data import pipeline
+from jaxsurg.methods import common
+from jaxsurg.methods.pat import colour_rebalancing, fine_tuning, pretraining, recolorization
+from jaxsurg.train import mesh as mesh_lib
+from jaxsurg.train import stage
+from jaxsurg.train import workdir as workdir_lib
+from jaxsurg.train.state import make_optimizer
+
+__all__ = ["STAGES", "check_config", "run"]
+
+# The stages and the config keys their outputs depend on (``config.stages_from``, --resume).
+STAGES = (
+    stage.StageSpec("pretrain", ("pretrain", "model")),
+    stage.StageSpec("finetune", stage.MAIN_STAGE + ("finetune", "num_labelled", "labelled_fraction", "augment")),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs no data, before anything is built.
+
+    Raises:
+      ValueError: a task other than binary; ``resize`` unset or not multiples of 32 (U-Net11
+        halves the frame five times) or under 32 (ResNet18); an unknown discriminator,
+        rebalancing form, D mode or pretraining source; "video" without ``video_dir`` or a
+        ``video_dir`` without "video"; a pretrain optimiser other than Adam with the step
+        schedule; β, learning rates, mix, sigma, fractions, plateau settings out of range;
+        a bad main-stage optimiser (``make_optimizer``'s message).
+    """
+    p, f = config.pretrain, config.finetune
+    if config.task != "binary":
+        raise ValueError(f"config.task={config.task!r}: PAT segments instruments vs background; only 'binary' is defined")
+    if config.resize is None:
+        raise ValueError("config.resize is unset: PAT needs the working frame size (H, W), e.g. --config.resize='(96, 128)'")
+    h, w = check_size(config, "resize", 32, what="U-Net11 halves the frame five times")
+    if p.discriminator not in pretraining.DISCRIMINATORS:
+        raise ValueError(f"config.pretrain.discriminator={p.discriminator!r} is unknown; known: {pretraining.DISCRIMINATORS}")
+    if p.rebalancing not in colour_rebalancing.FORMS:
+        raise ValueError(f"config.pretrain.rebalancing={p.rebalancing!r} is unknown; known: {colour_rebalancing.FORMS}")
+    if p.discriminator_mode not in recolorization.D_MODES:
+        raise ValueError(f"config.pretrain.discriminator_mode={p.discriminator_mode!r} is unknown; known: {recolorization.D_MODES}")
+    if not p.sources or any(s not in pretraining.SOURCES for s in p.sources):
+        raise ValueError(f"config.pretrain.sources={tuple(p.sources)!r}: expected a non-empty subset of {pretraining.SOURCES}")
+    if "video" in p.sources and not p.video_dir:
+        raise ValueError("config.pretrain.sources has 'video' but config.pretrain.video_dir is empty")
+    if p.video_dir and "video" not in p.sources:
+        raise ValueError(f"config.pretrain.video_dir={p.video_dir!r} is set but 'video' is not in config.pretrain.sources; add it or unset video_dir")
+    if p.enabled and min(h, w) < 32:
+        raise ValueError(f"config.resize={(h, w)}: the discriminators need frames of at least 32×32")
+    if p.optimizer != "adam" or p.lr_schedule != "step" or p.warmup_steps:
+        raise ValueError(
+            f"config.pretrain: optimizer={p.optimizer!r}, lr_schedule={p.lr_schedule!r}, warmup_steps={p.warmup_steps}: "
+            "the GAN's optimisers are Adam with beta1/beta2 and the step schedule (pix2pix's); no warm-up"
+        )
+    if not (0.0 <= p.beta1 < 1.0 and 0.0 <= p.beta2 < 1.0):
+        raise ValueError(f"config.pretrain.beta1={p.beta1}, beta2={p.beta2}: Adam's betas must be in [0, 1)")
+    if p.learning_rate <= 0 or p.discriminator_learning_rate <= 0:
+        raise ValueError(f"config.pretrain.learning_rate={p.learning_rate}, discriminator_learning_rate={p.discriminator_learning_rate}: must be > 0")
+    if not 0.0 < p.rebalancing_mix <= 1.0 or p.rebalancing_sigma < 0:
+        raise ValueError(f"config.pretrain.rebalancing_mix={p.rebalancing_mix} must be in (0, 1], rebalancing_sigma={p.rebalancing_sigma} >= 0")
+    if p.histogram_frames < 0 or p.picture_frames < 0 or p.patchgan_ndf < 1:
+        raise ValueError(
+            f"config.pretrain.histogram_frames={p.histogram_frames}, picture_frames={p.picture_frames} must be >= 0, "
+            f"patchgan_ndf={p.patchgan_ndf} >= 1"
+        )
+    if config.model.num_filters < 1:
+        raise ValueError(f"config.model.num_filters={config.model.num_filters}: must be >= 1")
+    if not 0.0 < config.labelled_fraction <= 1.0 or config.num_labelled < 0:
+        raise ValueError(
+            f"config.labelled_fraction={config.labelled_fraction} must be in (0, 1] (the paper's k) and "
+            f"config.num_labelled={config.num_labelled} >= 0 (0 = use the fraction)"
+        )
+    if not 0.0 < f.validation_fraction < 1.0:
+        raise ValueError(f"config.finetune.validation_fraction={f.validation_fraction}: expected a fraction in (0, 1)")
+    if f.plateau_epochs < 0 or not 0.0 < f.plateau_factor <= 1.0 or f.plateau_threshold < 0:
+        raise ValueError(
+            f"config.finetune: plateau_epochs={f.plateau_epochs} must be >= 0, plateau_factor={f.plateau_factor} in (0, 1], "
+            f"plateau_threshold={f.plateau_threshold} >= 0"
+        )
+    make_optimizer(config)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
+    """All stages; returns the summary written to ``eval/summary.json``.
+
+    ``policy``: what to do with a workdir made by another config (``jaxsurg.train.workdir``).
+
+    Raises:
+      ValueError: ``check_config``'s errors (before any data is built); more labelled frames
+        asked than exist (before pretraining).
+      workdir.WorkdirConflict: the workdir holds another config's or another data build's outputs.
+    """
+    check_config(config)
+    workdir_lib.claim(config, workdir, STAGES, policy)
+    mesh = mesh_lib.make_mesh()
+    data = pipeline.load(config)
+    train_rows, val_rows = fine_tuning.labelled_split(data.train_rows, config)
+    config = common.resolve_config(config, len(train_rows))
+    enabled = bool(config.pretrain.enabled)
+    examples = pretraining.pretraining_examples(config, data) if enabled else None
+    if examples is not None:
+        resolve_stage(config.pretrain, len(examples))
+    workdir_lib.check_data(workdir, data.build, STAGES)
+    stage.take_stages_from(config, workdir, STAGES)
+    common.write_config(config, workdir)
+    seconds: dict[str, float] = {}
+    generator, pretrain_record = None, None
+    if enabled:
+        with stage.timed(seconds, "pretrain"):
+            generator, pretrain_record = pretraining.pretrain(config, workdir, data, examples, mesh)
+    with stage.timed(seconds, "finetune"):
+        model, state, plateau = fine_tuning.finetune(config, workdir, data, train_rows, val_rows, generator, mesh)
+    predict = evaluate.make_predictor(
+        lambda v, x: model.apply(v, recolorization.to_lab_input(x)[0]), {"params": state.params},
+    )
+    header = {
+        "method": "pat" if enabled else "pat_no_pretraining", "dataset": config.dataset, "task": config.task,
+        "split": data.split_info, "labelled_fraction": config.labelled_fraction, "num_labelled": int(len(train_rows)),
+        "num_validation": int(len(val_rows)), "labelled_records": [int(r) for r in train_rows],
+        "validation_records": [int(r) for r in val_rows], "pretrain": pretrain_record,
+        "plateau": {k: plateau[k] for k in ("reductions", "best_validation_loss", "final_learning_rate", "epochs")},
+    }
+    with stage.timed(seconds, "eval"):
+        summary = evaluate.evaluate_segmentation(
+            predict, pipeline.test_frames(config, data), num_frames=len(data.test_rows),
+            class_names=data.class_names, out_dir=f"{workdir}/eval", header=header,
+            batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
+        )
+    return common.finish(summary, seconds, workdir)
