@@ -141,7 +141,7 @@ CATALOGUE = [
     Case("unknown config key", lambda t: [TINY, "--config.modle.num_filters=3", f"--workdir={t}/w"],
          words=("unknown config key", "modle.num_filters", "model.num_filters")),
     Case("unknown config name", lambda t: ["--config=unet12", f"--workdir={t}/w"],
-         words=("unet12", "dual_motion, laparoflow, unet11")),
+         words=("unet12", "dual_motion, laparoflow, pat, unet11")),
     Case("image size not a pair", lambda t: [TINY, "--config.image_size=64", f"--workdir={t}/w"],
          words=("config.image_size=(64,)", "expected (H, W)")),
     Case("image size not a multiple of 32", lambda t: [TINY, "--config.image_size=(100,128)", f"--workdir={t}/w"],
