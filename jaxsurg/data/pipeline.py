@@ -135,6 +135,27 @@ def load(config: Any) -> LoadedDataset:
     return LoadedDataset(train_source, test_source, index, train_rows, test_rows, class_names, split_info, train_all_rows, build)
 
 
+class ConcatFrames(Sequence):
+    """Several random-access example sequences one after the other: item i is item
+    i − offset of the part holding it (parts of any length, empty ones allowed).
+
+    Raises (``[i]``):
+      IndexError: i outside [0, len)."""
+
+    def __init__(self, parts: Sequence[Sequence[dict[str, np.ndarray]]]):
+        self._parts = list(parts)
+        self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"{type(self).__name__} index {i} out of range [0, {len(self)})")
+        p = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        return self._parts[p][int(i - self._offsets[p])]
+
+
 class Frames(Sequence):
     """Random-access examples (leading time axis T) made from selected records.
 

@@ -23,7 +23,7 @@ import cv2
 import grain
 import numpy as np
 
-from jaxsurg.data import datasets, transforms
+from jaxsurg.data import datasets, pipeline, transforms
 
 
 def field_of_view(image: np.ndarray, *, threshold: int = 12, erode: int = 2) -> np.ndarray:
@@ -57,7 +57,25 @@ def field_of_view(image: np.ndarray, *, threshold: int = 12, erode: int = 2) -> 
     return inside
 
 
-class FlowFrames(Sequence):
+class _FlowRecords(Sequence):
+    """The records ``rows`` of one TFDS source as pretraining examples."""
+
+    def __init__(self, source: Sequence[dict], rows: np.ndarray):
+        self._source, self._rows = source, np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        record = self._source[int(self._rows[i])]
+        return {
+            "image": np.asarray(record["image"]),
+            "flow": np.asarray(record["flow"], np.float32),
+            "flow_valid": np.asarray(record["flow_valid"], bool),
+        }
+
+
+class FlowFrames(pipeline.ConcatFrames):
     """Random-access pretraining examples (see the module doc) from several TFDS sources.
 
     Args:
@@ -66,23 +84,7 @@ class FlowFrames(Sequence):
     """
 
     def __init__(self, parts: Sequence[tuple[Sequence[dict], np.ndarray]]):
-        self._parts = [(src, np.asarray(rows, np.int64)) for src, rows in parts]
-        self._offsets = np.cumsum([0] + [len(r) for _, r in self._parts])
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"FlowFrames index {i} out of range [0, {len(self)})")
-        p = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        src, rows = self._parts[p]
-        record = src[int(rows[i - self._offsets[p]])]
-        return {
-            "image": np.asarray(record["image"]),
-            "flow": np.asarray(record["flow"], np.float32),
-            "flow_valid": np.asarray(record["flow_valid"], bool),
-        }
+        super().__init__([_FlowRecords(src, rows) for src, rows in parts])
 
 
 def rows_with_flow(index: datasets.RecordIndex, rows: np.ndarray) -> np.ndarray:

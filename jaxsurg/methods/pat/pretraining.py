@@ -149,24 +149,7 @@ def gan_optimizer(block: ml_collections.ConfigDict, learning_rate: float) -> tup
 # ----------------------------------------------------------------------------- data
 
 
-class ConcatFrames(Sequence):
-    """Several example sequences one after the other (random access)."""
-
-    def __init__(self, parts: Sequence[Sequence[dict[str, np.ndarray]]]):
-        self._parts = list(parts)
-        self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"ConcatFrames index {i} out of range [0, {len(self)})")
-        p = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        return self._parts[p][int(i - self._offsets[p])]
-
-
-def pretraining_examples(config: ml_collections.ConfigDict, data: pipeline.LoadedDataset) -> ConcatFrames:
+def pretraining_examples(config: ml_collections.ConfigDict, data: pipeline.LoadedDataset) -> pipeline.ConcatFrames:
     """The unlabelled pretraining frames of ``config.pretrain.sources``: examples
     {"image": uint8 (1, H, W, 3)} at their stored size ("train": every record of the
     training part, ``data.train_all_rows``; "video": every frame of the ``surgical_video``
@@ -188,7 +171,7 @@ def pretraining_examples(config: ml_collections.ConfigDict, data: pipeline.Loade
             parts.append(pipeline.Frames(src, np.arange(len(src)), config.task, ("image",)))
         else:
             raise ValueError(f"config.pretrain.sources: unknown source {source!r}; known: {SOURCES}")
-    frames = ConcatFrames(parts)
+    frames = pipeline.ConcatFrames(parts)
     if len(frames) == 0:
         raise ValueError(f"no pretraining frame in sources {list(p.sources)}")
     return frames
