@@ -81,8 +81,11 @@ def adam_with_step_decay(
     weight_decay: float = 0.0,
     decay_factor: float = 1.0,
     decay_every: int = 0,
+    b1: float = 0.9,
+    b2: float = 0.999,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Adam with PyTorch-style L2 weight decay and a staircase learning-rate schedule.
+    """Adam (β1 = ``b1``, β2 = ``b2``; PyTorch's defaults 0.9, 0.999) with PyTorch-style L2
+    weight decay and a staircase learning-rate schedule.
 
     The learning rate is ``learning_rate · decay_factor ** floor(step / decay_every)``
     (constant when ``decay_every`` is 0), as in Dual MF's "×0.9 every 5 epochs" and
@@ -99,7 +102,7 @@ def adam_with_step_decay(
     else:
         schedule = optax.constant_schedule(learning_rate)
     parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    return optax.chain(*parts, optax.scale_by_adam(), optax.scale_by_learning_rate(schedule)), schedule
+    return optax.chain(*parts, optax.scale_by_adam(b1=b1, b2=b2), optax.scale_by_learning_rate(schedule)), schedule
 
 
 def warmup_cosine_adamw(

@@ -45,6 +45,7 @@ from jaxsurg.models.unet11 import unet11_layers
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import step as step_lib
+from jaxsurg.train.state import adam_with_step_decay
 from jaxsurg.train.writers import write_json
 
 __all__ = [
@@ -137,13 +138,10 @@ def gan_optimizer(block: ml_collections.ConfigDict, learning_rate: float) -> tup
     Returns:
       (optimiser, schedule: step → learning rate).
     """
-    if block.lr_decay_every > 0 and block.lr_decay_factor != 1.0:
-        schedule = optax.exponential_decay(learning_rate, int(block.lr_decay_every), float(block.lr_decay_factor), staircase=True)
-    else:
-        schedule = optax.constant_schedule(float(learning_rate))
-    parts = [optax.add_decayed_weights(float(block.weight_decay))] if block.weight_decay else []
-    tx = optax.chain(*parts, optax.scale_by_adam(b1=float(block.beta1), b2=float(block.beta2)), optax.scale_by_learning_rate(schedule))
-    return tx, schedule
+    return adam_with_step_decay(
+        float(learning_rate), weight_decay=float(block.weight_decay), decay_factor=float(block.lr_decay_factor),
+        decay_every=int(block.lr_decay_every), b1=float(block.beta1), b2=float(block.beta2),
+    )
 
 
 # ----------------------------------------------------------------------------- data
