@@ -71,8 +71,11 @@ def builder_config_name(config: Any) -> str | None:
     return None
 
 
-def load(config: Any) -> LoadedDataset:
+def load(config: Any, build: str = "") -> LoadedDataset:
     """Builds ``config.dataset`` if needed and selects its train and test frames.
+
+    ``build``: the TFDS builder config to read ("" = ``builder_config_name(config)``, the
+    dataset's default), e.g. the synthetic "related" build of other scenes.
 
     Raises:
       ValueError: unknown dataset or task, missing ``config.data_dir`` where needed, no
@@ -91,7 +94,7 @@ def load(config: Any) -> LoadedDataset:
             spec.builder,
             data_dir=config.tfds_dir or datasets.default_tfds_dir(),
             manual_dir=config.data_dir or None,
-            config=builder_config_name(config),
+            config=build or builder_config_name(config),
         )
 
     if jax.process_count() > 1:  # process 0 builds; the others wait, then find it built

@@ -107,6 +107,10 @@ class SyntheticSurgery(common.FrameSequenceBuilder):
             height=64, width=80, frames_per_clip=8, train_clips=2, test_clips=1,
         ),
         SyntheticSurgeryConfig(name="default", description="192×256, 10 train and 3 test clips of 32 frames"),
+        SyntheticSurgeryConfig(
+            name="related", description="as default, other scenes (base seed 1, no clip shared with default): a related labelled dataset",
+            seed=1,
+        ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "default"
 
