@@ -56,7 +56,7 @@ def _load(name):
 
 
 @pytest.mark.parametrize("name,blocks", [
-    ("unet11", ()), ("laparoflow", ("pretrain", "keypoints")), ("dual_motion", ("flow_predictor", "compensator")), ("pat", ("pretrain",)),
+    ("unet11", ()), ("laparoflow", ("pretrain", "keypoints")), ("dual_motion", ("flow_predictor", "compensator")), ("pat", ("pretrain", "ext")),
 ])
 def test_every_stage_block_has_the_stage_fields_and_builds_its_optimizer(name, blocks):
     from jaxsurg.train.state import make_optimizer

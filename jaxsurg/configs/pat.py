@@ -4,13 +4,15 @@ then fine-tuning for binary instrument segmentation on few labels.
     python -m jaxsurg.main --config=configs/pat.py --workdir=/tmp/pat
     python -m jaxsurg.main --config=configs/pat.py --workdir=/tmp/pat_none --config.pretrain.enabled=False   # no pretraining
     python -m jaxsurg.main --config=configs/pat.py:variant=tiny --workdir=/tmp/t
+    python -m jaxsurg.main --config=configs/pat.py:study=fractions --workdir=/tmp/pat_study   # the paper's grid
     python -m jaxsurg.main --config=configs/pat.py --workdir=/tmp/pat_real \\
         --config.dataset=cholecseg8k --config.data_dir=../shared/data/cholecseg8k_clip "--config.resize=(128,224)" \\
         --config.pretrain.sources='("train","video")' --config.pretrain.video_dir=../shared/data/cholec_video
+    ... --config.ext.enabled=True   # PAT-Ext: a supervised stage on a related dataset (default: synthetic "related")
 
 Stages (each resumable, each with its own checkpoints under WORKDIR/<stage>/):
 ``pretrain`` (histograms, GAN, ``pretrain/recolor.png``; skipped by
-``pretrain.enabled=False``) → ``finetune`` (``finetune/split.json``) → ``eval``.
+``pretrain.enabled=False``) → ``ext`` (PAT-Ext, only with ``ext.enabled``) → ``finetune`` (``finetune/split.json``) → ``eval``.
 
 Where a value comes from: "paper" (Ross et al. 2018), "pix2pix" (Isola et al. 2017, whose
 colourisation recipe fills what the paper leaves open), "Zhang" (Zhang et al. 2016's
@@ -47,6 +49,15 @@ def _tiny(c):
     c.pretrain.discriminator = "patchgan"
     c.pretrain.patchgan_ndf = 8
     c.pretrain.picture_frames = 2
+    # PAT-Ext's related dataset in small: the tiny synthetic build's size, other scenes (base seed 1).
+    c.ext.build = "tiny:seed=1"
+    c.ext.epochs = 0
+    # 16 labelled frames: 12 to train on, 4 to validate; 3 steps of 4 = one epoch, so the
+    # validation loss and the plateau run.
+    c.ext.total_steps = 3
+    c.ext.batch_size = 4
+    c.ext.log_every = 1
+    c.ext.checkpoint_every = 2
 
 
 def _default(c):
@@ -92,6 +103,15 @@ def get_config(arg=None):
     c.task = "binary"  # instrument vs background (paper; binary only)
     c.labelled_fraction = 1 / 16  # the paper's k of the labelled training frames (its headline cell, 1/16), chosen by config.seed
     c.num_labelled = 0  # > 0: this many labelled frames instead of the fraction (ours)
+    c.labelled_subset = 0  # s: the s-th disjoint block of the seed's permutation of the labelled frames (a fresh draw once blocks run out)
+    # The paper's study (sec. 3): "fractions" runs the grid below, one run per arm × fraction × subset, into
+    # WORKDIR/study/ with WORKDIR/study.json and study.png ("" = one run with the settings above).
+    c.study = ""  # "" | fractions
+    c.grid = ml_collections.ConfigDict(dict(
+        fractions=(1.0, 0.5, 0.25, 0.125, 0.0625),  # the paper's k
+        subsets=3,  # random labelled subsets per fraction (paper: 5; 3 on a CPU)
+        arms=("none", "pat", "pat_ext"),  # no pretraining | PAT | PAT-Ext (the paper's three)
+    ))
     # The top-level stage fields are the fine-tuning's: Adam (the paper gives no optimiser),
     # learning rate 1e-4 (ours, TernausNet's), constant apart from the plateau reductions.
     c.learning_rate = 1e-4
@@ -131,5 +151,19 @@ def get_config(arg=None):
         ),
         # G: Adam 2e-4, β1 0.5 (pix2pix); batch and length ours.
         total_steps=1000, batch_size=8, learning_rate=2e-4, log_every=10, checkpoint_every=500,
+    )
+    # PAT-Ext (paper, sec. 2.2.3): between pretraining and the fine-tuning, a supervised stage on every labelled
+    # training frame of a related dataset (the fine-tuning's recipe: BCE, validation split, plateau), the last layer
+    # re-initialised before it and again before the target fine-tuning. For the real clip: the synthetic data.
+    c.ext = stage_block(
+        dict(
+            enabled=False,  # True = PAT-Ext (pretraining, then this stage, then the fine-tuning)
+            dataset="synthetic",  # the related labelled dataset (synthetic | cholecseg8k)
+            data_dir="",  # its raw files, where the dataset needs them
+            build="related",  # its TFDS builder config ("" = the dataset's default; synthetic "related": other scenes than "default")
+            label_interval=1,  # every h-th of its training frames is used (1 = all)
+        ),
+        # Ours (the paper gives no schedule): the fine-tuning's Adam 1e-4, 2 epochs of batch 8.
+        epochs=2, batch_size=8, learning_rate=1e-4, log_every=20, checkpoint_every=500,
     )
     return make_config(arg, c, VARIANTS)

@@ -9,11 +9,15 @@ Stages, each resumable from its own checkpoints (``WORKDIR/<stage>/checkpoints``
    weights (``WORKDIR/pretrain/histograms.npz``, ``.json``, ``.png``), then the GAN — G, a
    U-Net11 from L to (a, b), against D, ResNet18 or PatchGAN (sec. 2.2.1, Eqs. 1–5);
    ``WORKDIR/pretrain/recolor.png``.
-2. ``finetune`` (``fine_tuning``): the same U-Net11, every layer but the last (``final``)
-   from G, binary cross-entropy on the labelled frames, learning rate × 0.1 after a
+2. ``ext`` (PAT-Ext, sec. 2.2.3; only with ``ext.enabled``): the pretrained U-Net11, its
+   last layer re-initialised, trained with the fine-tuning's recipe on every labelled
+   training frame of a related dataset (``ext.dataset``, build ``ext.build``; for the real
+   clip the synthetic data: a sim-to-real stage); ``WORKDIR/ext/split.json``, ``plateau.json``.
+3. ``finetune`` (``fine_tuning``): the same U-Net11, every layer but the last (``final``)
+   from G (from the ``ext`` stage under PAT-Ext), binary cross-entropy on the labelled frames, learning rate × 0.1 after a
    plateau of the validation loss (sec. 2.2.2); ``WORKDIR/finetune/split.json`` (the
    training and validation frames), ``plateau.json``.
-3. ``eval``: the TernausNet binary protocol on the test frames (``eval/summary.json``,
+4. ``eval``: the TernausNet binary protocol on the test frames (``eval/summary.json``,
    overlays).
 
 Pieces: ``colour_rebalancing`` (histograms, weights P^c of Eq. 3), ``recolorization`` (the
@@ -25,10 +29,11 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from jaxsurg import evaluate
 from jaxsurg.config import check_size, resolve_stage
-from jaxsurg.data import pipeline
+from jaxsurg.data import datasets, pipeline
 from jaxsurg.methods import common
 from jaxsurg.methods.pat import colour_rebalancing, fine_tuning, pretraining, recolorization
 from jaxsurg.train import mesh as mesh_lib
@@ -36,12 +41,13 @@ from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
 from jaxsurg.train.state import make_optimizer
 
-__all__ = ["STAGES", "check_config", "run"]
+__all__ = ["STAGES", "check_config", "check_ext", "ext_data", "run"]
 
 # The stages and the config keys their outputs depend on (``config.stages_from``, --resume).
 STAGES = (
     stage.StageSpec("pretrain", ("pretrain", "model")),
-    stage.StageSpec("finetune", stage.MAIN_STAGE + ("finetune", "num_labelled", "labelled_fraction", "augment")),
+    stage.StageSpec("ext", ("ext", "finetune")),
+    stage.StageSpec("finetune", stage.MAIN_STAGE + ("finetune", "num_labelled", "labelled_fraction", "labelled_subset", "augment")),
 )
 
 
@@ -54,7 +60,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         rebalancing form, D mode or pretraining source; "video" without ``video_dir`` or a
         ``video_dir`` without "video"; a pretrain optimiser other than Adam with the step
         schedule; β, learning rates, mix, sigma, fractions, plateau settings out of range;
-        a bad main-stage optimiser (``make_optimizer``'s message).
+        a bad main-stage optimiser (``make_optimizer``'s message); ``ext`` enabled without
+        pretraining, on an unknown dataset, or on the target data itself (same dataset,
+        build and data_dir); a negative ``labelled_subset``.
     """
     p, f = config.pretrain, config.finetune
     if config.task != "binary":
@@ -99,6 +107,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"config.labelled_fraction={config.labelled_fraction} must be in (0, 1] (the paper's k) and "
             f"config.num_labelled={config.num_labelled} >= 0 (0 = use the fraction)"
         )
+    if config.labelled_subset < 0:
+        raise ValueError(f"config.labelled_subset={config.labelled_subset}: must be >= 0 (the s-th random labelled subset)")
     if not 0.0 < f.validation_fraction < 1.0:
         raise ValueError(f"config.finetune.validation_fraction={f.validation_fraction}: expected a fraction in (0, 1)")
     if f.plateau_epochs < 0 or not 0.0 < f.plateau_factor <= 1.0 or f.plateau_threshold < 0:
@@ -107,10 +117,60 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"plateau_threshold={f.plateau_threshold} >= 0"
         )
     make_optimizer(config)
+    check_ext(config)
+
+
+def check_ext(config: ml_collections.ConfigDict) -> None:
+    """PAT-Ext's checks (``config.ext``), before anything is built.
+
+    Raises:
+      ValueError: ``ext.enabled`` without ``pretrain.enabled`` (PAT-Ext extends PAT's
+        pretraining); an unknown ``ext.dataset``; ``ext`` naming the target data itself
+        (the same dataset, build and data_dir: that would be more fine-tuning on the target,
+        not a related dataset); ``ext.label_interval`` < 1; a bad ``ext`` optimiser.
+    """
+    e = config.ext
+    if not e.enabled:
+        return
+    if not config.pretrain.enabled:
+        raise ValueError("config.ext.enabled=True needs config.pretrain.enabled=True: PAT-Ext is PAT's pretraining, then the related dataset")
+    if e.dataset not in datasets.DATASETS:
+        raise ValueError(f"config.ext.dataset={e.dataset!r} is unknown; known datasets: {sorted(datasets.DATASETS)}")
+    target_build = pipeline.builder_config_name(config) or ""
+    if e.dataset == config.dataset and (e.build or target_build) == target_build and e.data_dir == config.data_dir:
+        raise ValueError(
+            f"config.ext: dataset={e.dataset!r}, build={e.build!r}, data_dir={e.data_dir!r} is the target data itself; "
+            "PAT-Ext needs a related labelled dataset (e.g. --config.ext.build=related for the synthetic data)"
+        )
+    if e.label_interval < 1:
+        raise ValueError(f"config.ext.label_interval={e.label_interval}: must be >= 1 (1 = every labelled training frame)")
+    make_optimizer(e)
+
+
+def ext_data(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, pipeline.LoadedDataset, Any, Any]:
+    """PAT-Ext's related dataset: (its config — ``config`` with ``ext``'s dataset, data_dir
+    and label_interval, every labelled frame asked — , the loaded data, the training rows,
+    the validation rows). All of its labelled training frames are used, split by
+    ``fine_tuning.validation_split`` with ``finetune.validation_fraction`` from a
+    permutation by ``config.seed``.
+
+    Raises:
+      ValueError: ``pipeline.load``'s; fewer than 2 labelled frames."""
+    e = config.ext
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.dataset, c.data_dir, c.label_interval = e.dataset, e.data_dir, int(e.label_interval)
+    c.num_labelled, c.labelled_fraction = 0, 1.0
+    data = pipeline.load(c, build=e.build)
+    n = fine_tuning.num_labelled(c, len(data.train_rows))
+    chosen = np.random.default_rng(config.seed).permutation(data.train_rows)[:n]
+    train_rows, val_rows = fine_tuning.validation_split(chosen, config.finetune.validation_fraction)
+    return c, data, train_rows, val_rows
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
-    """All stages; returns the summary written to ``eval/summary.json``.
+    """All stages; returns the summary written to ``eval/summary.json``. With
+    ``config.study`` = "fractions", the paper's grid instead (``study.run_study``: a run
+    per cell under ``WORKDIR/study/``, then ``study.json``, ``study.png``).
 
     ``policy``: what to do with a workdir made by another config (``jaxsurg.train.workdir``).
 
@@ -119,16 +179,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
         asked than exist (before pretraining).
       workdir.WorkdirConflict: the workdir holds another config's or another data build's outputs.
     """
+    if config.study:  # the paper's grid: one run of this function per cell
+        from jaxsurg.methods.pat import study
+
+        return study.run_study(config, workdir, policy)
     check_config(config)
     workdir_lib.claim(config, workdir, STAGES, policy)
     mesh = mesh_lib.make_mesh()
     data = pipeline.load(config)
     train_rows, val_rows = fine_tuning.labelled_split(data.train_rows, config)
     config = common.resolve_config(config, len(train_rows))
-    enabled = bool(config.pretrain.enabled)
+    enabled, extended = bool(config.pretrain.enabled), bool(config.ext.enabled)
     examples = pretraining.pretraining_examples(config, data) if enabled else None
     if examples is not None:
         resolve_stage(config.pretrain, len(examples))
+    if extended:  # the related dataset is built and checked before the pretraining
+        ext_config, ext_loaded, ext_train, ext_val = ext_data(config)
+        resolve_stage(config.ext, len(ext_train))
     workdir_lib.check_data(workdir, data.build, STAGES)
     stage.take_stages_from(config, workdir, STAGES)
     common.write_config(config, workdir)
@@ -137,16 +204,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
     if enabled:
         with stage.timed(seconds, "pretrain"):
             generator, pretrain_record = pretraining.pretrain(config, workdir, data, examples, mesh)
+    init, ext_record = generator, None
+    if extended:
+        with stage.timed(seconds, "ext"):
+            _, ext_state, ext_plateau = fine_tuning.finetune(
+                ext_config, workdir, ext_loaded, ext_train, ext_val, generator, mesh, name="ext", block=config.ext, seed_offset=2,
+            )
+        init = {"params": ext_state.params}
+        ext_record = {
+            "dataset": ext_config.dataset, "build": ext_loaded.build, "num_train": int(len(ext_train)), "num_validation": int(len(ext_val)),
+            "steps": int(config.ext.total_steps), "best_validation_loss": ext_plateau["best_validation_loss"],
+        }
     with stage.timed(seconds, "finetune"):
-        model, state, plateau = fine_tuning.finetune(config, workdir, data, train_rows, val_rows, generator, mesh)
+        model, state, plateau = fine_tuning.finetune(config, workdir, data, train_rows, val_rows, init, mesh)
     predict = evaluate.make_predictor(
         lambda v, x: model.apply(v, recolorization.to_lab_input(x)[0]), {"params": state.params},
     )
     header = {
-        "method": "pat" if enabled else "pat_no_pretraining", "dataset": config.dataset, "task": config.task,
+        "method": ("pat_ext" if extended else "pat") if enabled else "pat_no_pretraining", "dataset": config.dataset, "task": config.task,
         "split": data.split_info, "labelled_fraction": config.labelled_fraction, "num_labelled": int(len(train_rows)),
         "num_validation": int(len(val_rows)), "labelled_records": [int(r) for r in train_rows],
-        "validation_records": [int(r) for r in val_rows], "pretrain": pretrain_record,
+        "validation_records": [int(r) for r in val_rows], "pretrain": pretrain_record, "ext": ext_record,
         "plateau": {k: plateau[k] for k in ("reductions", "best_validation_loss", "final_learning_rate", "epochs")},
     }
     with stage.timed(seconds, "eval"):

@@ -53,9 +53,11 @@ __all__ = [
     "finetune",
     "init_plateau",
     "labelled_split",
+    "num_labelled",
     "make_finetune_step",
     "plateau_update",
     "transfer_pretrained",
+    "validation_split",
     "with_plateau",
 ]
 
@@ -107,29 +109,53 @@ def transfer_pretrained(fresh: dict[str, Any], pretrained: dict[str, Any], reini
 # ----------------------------------------------------------------------------- labelled frames
 
 
-def labelled_split(rows: np.ndarray, config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, validation rows) of the labelled frames, each sorted.
-
-    n = ``config.num_labelled`` when > 0, else max(2, round(``labelled_fraction`` · N)), N =
-    len(rows); the n frames are the first n of a permutation of ``rows`` by ``config.seed``
-    (so a larger n contains a smaller one of the same seed); the first
-    min(n − 1, max(1, round(``finetune.validation_fraction`` · n))) of them are the
-    validation split (Ross et al.: "randomly selected disjunct subsets of training and
-    validation data"), the rest the training frames.
+def num_labelled(config: ml_collections.ConfigDict, pool: int) -> int:
+    """n, the labelled frames asked of a pool of ``pool``: ``config.num_labelled`` when > 0,
+    else max(2, round(``labelled_fraction`` · pool)).
 
     Raises:
-      ValueError: n > N or n < 2 (the message names the keys).
+      ValueError: n > pool or n < 2 (the message names the keys).
     """
-    rows = np.asarray(rows)
-    n = int(config.num_labelled) if config.num_labelled > 0 else max(2, int(round(config.labelled_fraction * len(rows))))
-    if n > len(rows) or n < 2:
+    n = int(config.num_labelled) if config.num_labelled > 0 else max(2, int(round(config.labelled_fraction * pool)))
+    if n > pool or n < 2:
         raise ValueError(
             f"config.num_labelled={config.num_labelled}, labelled_fraction={config.labelled_fraction}: {n} labelled frames asked, "
-            f"{len(rows)} exist (label_interval={config.label_interval}); at least 2 are needed (one to train on, one to validate)"
+            f"{pool} exist (label_interval={config.label_interval}); at least 2 are needed (one to train on, one to validate)"
         )
-    chosen = np.random.default_rng(config.seed).permutation(rows)[:n]
-    n_val = min(n - 1, max(1, int(round(config.finetune.validation_fraction * n))))
+    return n
+
+
+def validation_split(chosen: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows), each sorted, of the n ≥ 2 ``chosen`` rows in their
+    random order: the first min(n − 1, max(1, round(``validation_fraction`` · n))) validate
+    (Ross et al.: "randomly selected disjunct subsets of training and validation data")."""
+    n = len(chosen)
+    n_val = min(n - 1, max(1, int(round(validation_fraction * n))))
     return np.sort(chosen[n_val:]), np.sort(chosen[:n_val])
+
+
+def labelled_split(rows: np.ndarray, config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of one run's labelled frames, each sorted.
+
+    The ``num_labelled`` (n) frames of subset s = ``config.labelled_subset`` are the s-th
+    block of n of a permutation of ``rows`` by ``config.seed`` (subset 0: the first n, so a
+    larger n contains a smaller one of the same seed; subsets disjoint while (s + 1)·n ≤ N),
+    or, where that block would run past the N rows, the first n of a permutation by
+    (``config.seed``, s); split by ``validation_split`` with ``finetune.validation_fraction``.
+
+    Raises:
+      ValueError: ``num_labelled``'s; a negative ``labelled_subset``.
+    """
+    rows = np.asarray(rows)
+    n = num_labelled(config, len(rows))
+    s = int(config.labelled_subset)
+    if s < 0:
+        raise ValueError(f"config.labelled_subset={s}: must be >= 0")
+    if (s + 1) * n <= len(rows):
+        chosen = np.random.default_rng(config.seed).permutation(rows)[s * n:(s + 1) * n]
+    else:
+        chosen = np.random.default_rng((int(config.seed), s)).permutation(rows)[:n]
+    return validation_split(chosen, config.finetune.validation_fraction)
 
 
 # ----------------------------------------------------------------------------- plateau
@@ -298,20 +324,25 @@ def make_finetune_step(model: UNet11, config: ml_collections.ConfigDict, steps_p
 # ----------------------------------------------------------------------------- stage
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+def steps_per_epoch(block: ml_collections.ConfigDict, num_train: int) -> int:
     """ceil(num_train / batch_size), as ``jaxsurg.config.resolve_stage`` counts an epoch."""
-    return max(1, math.ceil(num_train / int(config.batch_size)))
+    return max(1, math.ceil(num_train / int(block.batch_size)))
 
 
-def init_state(config: ml_collections.ConfigDict, model: UNet11, generator: dict[str, Any] | None, num_epochs: int, mesh) -> tuple[TrainState, optax.Schedule]:
-    """The fine-tuning's first state: ``build_segmenter`` initialised from ``config.seed`` + 1
-    (the re-initialised ``final``; everything when ``generator`` is None), the generator's
-    other layers transferred (``transfer_pretrained``), the main-stage optimiser with the
-    plateau controller; replicated. Returns (state, the block's schedule)."""
+def init_state(
+    config: ml_collections.ConfigDict, block: ml_collections.ConfigDict, model: UNet11, init: dict[str, Any] | None, num_epochs: int, mesh,
+    *, seed_offset: int = 1,
+) -> tuple[TrainState, optax.Schedule]:
+    """A supervised stage's first state: ``build_segmenter`` initialised from ``config.seed``
+    + ``seed_offset`` (the re-initialised ``final``; everything when ``init`` is None), the
+    other layers of ``init`` (variables with "params": the generator's, or PAT-Ext's stage's)
+    transferred (``transfer_pretrained``), ``block``'s optimiser with the plateau
+    controller; replicated. Returns (state, the block's schedule)."""
     h, w = config.resize
-    fresh = jax.jit(lambda k: model.init(k, jnp.zeros((1, h, w, 1), jnp.float32)))(jax.random.PRNGKey(config.seed + 1))["params"]
-    params = fresh if generator is None else transfer_pretrained(fresh, generator["params"])
-    tx, schedule = make_optimizer(config)
+    key = jax.random.PRNGKey(config.seed + seed_offset)
+    fresh = jax.jit(lambda k: model.init(k, jnp.zeros((1, h, w, 1), jnp.float32)))(key)["params"]
+    params = fresh if init is None else transfer_pretrained(fresh, init["params"])
+    tx, schedule = make_optimizer(block)
     # No schedule on the state: the loop would log the schedule without the plateau's scale;
     # the step logs the effective learning rate itself.
     return step_lib.put_replicated(TrainState.create(params, with_plateau(tx, num_epochs)), mesh), schedule
@@ -319,20 +350,24 @@ def init_state(config: ml_collections.ConfigDict, model: UNet11, generator: dict
 
 def finetune(
     config: ml_collections.ConfigDict, workdir: str, data: pipeline.LoadedDataset, train_rows: np.ndarray, val_rows: np.ndarray,
-    generator: dict[str, Any] | None, mesh,
+    init: dict[str, Any] | None, mesh, *, name: str = "finetune", block: ml_collections.ConfigDict | None = None,
+    seed_offset: int = 1,
 ) -> tuple[UNet11, TrainState, dict[str, Any]]:
-    """Stage 2 on the labelled ``train_rows`` with the top-level (main-stage) block, the
-    plateau on ``val_rows``; resumed, or skipped when complete. Writes
-    ``WORKDIR/finetune/split.json`` (before training) and ``plateau.json`` (after).
+    """A supervised stage ``name`` (the fine-tuning; PAT-Ext's "ext" on the related dataset)
+    on the labelled ``train_rows`` of ``data`` with ``block`` (None: the top-level, main-stage
+    block), the plateau on ``val_rows``, from ``init`` (see ``init_state``); resumed, or
+    skipped when complete. Writes ``WORKDIR/<name>/split.json`` (before training) and
+    ``plateau.json`` (after).
 
     Returns:
       (model, final state, the plateau record: validation loss per epoch, reductions,
       final learning rate, steps per epoch).
     """
-    directory = os.path.join(workdir, "finetune")
+    block = config if block is None else block
+    directory = os.path.join(workdir, name)
     split = {
         "seed": int(config.seed), "labelled_pool": int(len(data.train_rows)), "num_labelled": int(config.num_labelled),
-        "labelled_fraction": float(config.labelled_fraction), "validation_fraction": float(config.finetune.validation_fraction),
+        "labelled_fraction": float(config.labelled_fraction), "labelled_subset": int(config.labelled_subset), "validation_fraction": float(config.finetune.validation_fraction),
         "train_records": [int(r) for r in train_rows], "validation_records": [int(r) for r in val_rows],
     }
 
@@ -342,9 +377,9 @@ def finetune(
 
     stage.on_host0(write_split, "validation split")
     model = build_segmenter(config)
-    spe = steps_per_epoch(config, len(train_rows))
-    num_epochs = math.ceil(int(config.total_steps) / spe)
-    state, schedule = init_state(config, model, generator, num_epochs, mesh)
+    spe = steps_per_epoch(block, len(train_rows))
+    num_epochs = math.ceil(int(block.total_steps) / spe)
+    state, schedule = init_state(config, block, model, init, num_epochs, mesh, seed_offset=seed_offset)
     validation = validation_arrays(config, data, val_rows, chunk=max(1, int(config.eval_batch_size)))
     step = make_finetune_step(model, config, spe, schedule, validation, mesh)
     examples = pipeline.Frames(data.train_source, train_rows, config.task, ("image", "mask"))
@@ -353,13 +388,13 @@ def finetune(
         resize=size, crop=size, hflip=a.hflip, vflip=a.vflip, brightness=a.brightness, contrast=a.contrast,
         saturation=a.saturation, hue_degrees=a.hue_degrees,
     )
-    state = stage.train("finetune", config, config, workdir, state, step, examples, augment, mesh)
+    state = stage.train(name, block, config, workdir, state, step, examples, augment, mesh)
     plateau = jax.device_get(state.opt_state.plateau)
     history = [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(plateau.history)]
     record = {
         "steps_per_epoch": spe, "epochs": num_epochs, "validation_loss": history, "reductions": int(plateau.reductions),
         "best_validation_loss": float(plateau.best) if np.isfinite(plateau.best) else None,
-        "final_learning_rate": float(schedule(int(config.total_steps))) * float(plateau.scale),
+        "final_learning_rate": float(schedule(int(block.total_steps))) * float(plateau.scale),
         "plateau_epochs": int(config.finetune.plateau_epochs), "factor": float(config.finetune.plateau_factor),
     }
     stage.on_host0(lambda: write_json(os.path.join(directory, "plateau.json"), record), "plateau record")

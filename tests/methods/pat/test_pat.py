@@ -67,6 +67,24 @@ def test_pat_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
     assert "stage 'pretrain': complete" in out.stdout and "stage 'finetune': complete" in out.stdout
     again = json.load(open(w / "eval" / "summary.json"))
     assert again["dice_mean"] == summary["dice_mean"] and len(open(w / "metrics.jsonl").readlines()) == len(records)
+    # PAT-Ext, its pretraining taken from the run above: the related build (other scenes)
+    # trained on with all of its 16 labelled frames, then the target fine-tuning from it.
+    x = tmp_path / "x"
+    out = _run(x, tmp_path / "tfds", "--config.ext.enabled=True", f"--config.stages_from={w}")
+    assert "stage 'pretrain': complete" in out.stdout
+    ext = json.load(open(x / "eval" / "summary.json"))
+    assert ext["method"] == "pat_ext" and set(ext["stage_seconds"]) == {"pretrain", "ext", "finetune", "eval"}
+    assert ext["ext"]["build"].startswith("synthetic_surgery/tiny-")  # "tiny:seed=1": the overridden tiny config
+    ext_split = json.load(open(x / "ext" / "split.json"))
+    assert len(ext_split["train_records"]) + len(ext_split["validation_records"]) == ext_split["labelled_pool"] == 16
+    assert ext["ext"]["steps"] == 3 and json.load(open(x / "ext" / "plateau.json"))["validation_loss"][0] > 0
+    # The target fine-tuning started from the ext stage, not from G: the same split and the
+    # same re-initialised last layer (same seed), other hidden layers, so another first loss.
+    def first_finetune_loss(run):
+        return next(r["loss"] for r in map(json.loads, open(run / "metrics.jsonl")) if r["stage"] == "finetune")
+
+    assert ext["labelled_records"] == summary["labelled_records"]
+    assert first_finetune_loss(x) != first_finetune_loss(w)
 
 
 def _tiny(**changes):
@@ -105,6 +123,10 @@ def test_the_variants_pass_the_checks():
     ({"finetune.validation_fraction": 1.0}, "validation_fraction"),
     ({"finetune.plateau_factor": 0.0}, "plateau_factor"),
     ({"optimizer": "sgd"}, "optimizer"),
+    ({"ext.enabled": True, "pretrain.enabled": False}, "needs config.pretrain.enabled"),
+    ({"ext.enabled": True, "ext.dataset": "mnist"}, "ext.dataset"),
+    ({"ext.enabled": True, "ext.build": ""}, "target data itself"),
+    ({"ext.enabled": True, "ext.label_interval": 0}, "ext.label_interval"),
 ])
 def test_bad_configs_are_refused_before_any_data_is_built(change, match):
     with pytest.raises(ValueError, match=match):
@@ -130,8 +152,8 @@ def test_finetune_keeps_every_pretrained_layer_but_the_last():
     assert g_params["final"]["kernel"].shape[-1] == 2 and g_params["encoder"]["conv1"]["kernel"].shape == (3, 3, 1, 64)
     mesh = mesh_lib.make_mesh()
     model = fine_tuning.build_segmenter(c)
-    state, _ = fine_tuning.init_state(c, model, {"params": g_params}, 2, mesh)
-    fresh, _ = fine_tuning.init_state(c, model, None, 2, mesh)
+    state, _ = fine_tuning.init_state(c, c, model, {"params": g_params}, 2, mesh)
+    fresh, _ = fine_tuning.init_state(c, c, model, None, 2, mesh)
     params, fresh = jax.device_get(state.params), jax.device_get(fresh.params)
     assert set(params) == set(g_params) == {"encoder", "center", "dec5", "dec4", "dec3", "dec2", "dec1", "final"}
     for name in set(params) - {"final"}:
@@ -159,6 +181,14 @@ def test_the_labelled_split_is_seeded_nested_and_disjoint():
     assert len(train_n) + len(val_n) == 5 and len(val_n) == 1
     with pytest.raises(ValueError, match="num_labelled=65"):
         fine_tuning.labelled_split(rows, _tiny(num_labelled=65))
+    # Subsets: disjoint blocks of the same permutation while they fit, then fresh draws.
+    blocks = [fine_tuning.labelled_split(rows, _tiny(labelled_fraction=0.25, labelled_subset=s)) for s in range(5)]
+    assert np.array_equal(blocks[0][0], train) and np.array_equal(blocks[0][1], val)
+    chosen = [set(t) | set(v) for t, v in blocks]
+    assert all(len(x) == 16 for x in chosen) and set().union(*chosen[:4]) == set(rows)
+    assert chosen[4] != chosen[0] and not chosen[4] <= chosen[0]
+    with pytest.raises(ValueError, match="labelled_subset=-1"):
+        fine_tuning.labelled_split(rows, _tiny(labelled_subset=-1))
 
 
 def _torch_rule(losses, factor, patience, threshold):
@@ -193,7 +223,7 @@ def test_the_finetune_step_validates_each_epoch_and_scales_the_rate():
     c = _tiny(**{"finetune.plateau_epochs": 0, "learning_rate": 1e-3})
     mesh = mesh_lib.make_mesh()
     model = fine_tuning.build_segmenter(c)
-    state, schedule = fine_tuning.init_state(c, model, None, 3, mesh)
+    state, schedule = fine_tuning.init_state(c, c, model, None, 3, mesh)
     rng = np.random.default_rng(0)
     masks = np.zeros((3, 32, 32), np.int32)
     masks[:, 8:20, 8:20] = 1
