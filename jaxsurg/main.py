@@ -119,8 +119,12 @@ def human_summary(summary: dict[str, Any], config: Any, workdir: str) -> str:
     pictures = sorted(
         f"{d}/{f}" for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d))
         for f in os.listdir(os.path.join(workdir, d)) if f.endswith(".png")
-    )
-    lines.append(f"  figures: {os.path.join(eval_dir, 'summary.json')} (per frame: eval/per_frame.jsonl)")
+    ) + sorted(f for f in os.listdir(workdir) if f.endswith(".png"))
+    lines += list(summary.get("table", ()))  # a study's table of figures
+    if "summary_file" in summary:  # a study: its own record instead of eval/summary.json
+        lines.append(f"  figures: {summary['summary_file']}")
+    else:
+        lines.append(f"  figures: {os.path.join(eval_dir, 'summary.json')} (per frame: eval/per_frame.jsonl)")
     overlays = [d for d in ("overlays", "keypoint_overlays") if os.path.isdir(os.path.join(eval_dir, d))]
     shown = [f"eval/{d}/ ({len(os.listdir(os.path.join(eval_dir, d)))})" for d in overlays] + pictures
     if shown:
