@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from jaxsurg import evaluate
 from jaxsurg.config import check_size, resolve_stage
@@ -151,19 +150,17 @@ def ext_data(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDi
     """PAT-Ext's related dataset: (its config — ``config`` with ``ext``'s dataset, data_dir
     and label_interval, every labelled frame asked — , the loaded data, the training rows,
     the validation rows). All of its labelled training frames are used, split by
-    ``fine_tuning.validation_split`` with ``finetune.validation_fraction`` from a
-    permutation by ``config.seed``.
+    ``fine_tuning.labelled_split`` (subset 0, fraction 1: the same split whatever the
+    target's ``labelled_subset``, so a study's cells share one ext stage).
 
     Raises:
       ValueError: ``pipeline.load``'s; fewer than 2 labelled frames."""
     e = config.ext
     c = ml_collections.ConfigDict(config.to_dict())
     c.dataset, c.data_dir, c.label_interval = e.dataset, e.data_dir, int(e.label_interval)
-    c.num_labelled, c.labelled_fraction = 0, 1.0
+    c.num_labelled, c.labelled_fraction, c.labelled_subset = 0, 1.0, 0
     data = pipeline.load(c, build=e.build)
-    n = fine_tuning.num_labelled(c, len(data.train_rows))
-    chosen = np.random.default_rng(config.seed).permutation(data.train_rows)[:n]
-    train_rows, val_rows = fine_tuning.validation_split(chosen, config.finetune.validation_fraction)
+    train_rows, val_rows = fine_tuning.labelled_split(data.train_rows, c)
     return c, data, train_rows, val_rows
 
 
