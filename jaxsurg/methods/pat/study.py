@@ -28,6 +28,7 @@ log₂ axis, mean line with a ± std band per arm).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
@@ -152,10 +153,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, policy: str = "re
     stage.on_host0(lambda: cv2.imwrite(os.path.join(workdir, "study.png"), np.ascontiguousarray(picture[..., ::-1])), "study.png written")
     lines = [f"  {'k':>7}  " + "  ".join(f"{ARM_NAMES[a]:>19}" for a in g.arms)]
     for k in fractions:
-        row = record["arms"]
-        lines.append(f"  {k:>7.4g}  " + "  ".join(
-            f"{row[a][_key(k)]['dice_mean']:>8.3f} ± {row[a][_key(k)]['dice_std']:.3f} (n={row[a][_key(k)]['num_labelled']:>2})" for a in g.arms
-        ))
+        rows = [record["arms"][a][_key(k)] for a in g.arms]
+        lines.append(f"  {k:>7.4g}  " + "  ".join(f"{r['dice_mean']:>8.3f} ± {r['dice_std']:.3f} (n={r['num_labelled']:>2})" for r in rows))
     return {
         **record, "method": "pat_study", "summary_file": os.path.join(workdir, "study.json"),
         "table": ["Dice per labelled fraction k (mean ± std over subsets; n = labelled training frames):", *lines],
@@ -173,8 +172,6 @@ def _run_cell(config: ml_collections.ConfigDict, workdir: str, policy: str) -> d
 
 
 def _read(path: str) -> dict[str, Any]:
-    import json
-
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
