@@ -38,8 +38,17 @@ MAIN_STAGE = tuple(STAGE_FIELDS)
 # Leaves that never change a result (compared nowhere).
 NOT_RESULTS = frozenset({
     "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size", "num_overlays", "data_threads",
-    "pca_frames", "stages_from", "tfds_dir", "generate_batch", "variant",
+    "pca_frames", "stages_from", "tfds_dir", "generate_batch", "variant", "study",
 })
+# Top-level blocks that never change a result: a study's grid says which runs exist, and each
+# run (its own workdir, its own record) is compared on its own settings.
+NOT_RESULT_BLOCKS = frozenset({"grid"})
+
+
+def changes_no_result(key: str) -> bool:
+    """Whether a flat config key (``"a.b.c"``) is compared nowhere: its leaf is in
+    ``NOT_RESULTS`` or its top-level block in ``NOT_RESULT_BLOCKS``."""
+    return key.rsplit(".", 1)[-1] in NOT_RESULTS or key.split(".", 1)[0] in NOT_RESULT_BLOCKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +169,7 @@ def _select(flat: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     out = {}
     for key in keys:
         for k, v in flat.items():
-            if (k == key or k.startswith(key + ".")) and k.rsplit(".", 1)[-1] not in NOT_RESULTS:
+            if (k == key or k.startswith(key + ".")) and not changes_no_result(k):
                 out[k] = v
     return out
 
@@ -173,7 +182,7 @@ def stage_differences(
     theirs: dict[str, Any], ours: dict[str, Any], stages: Sequence[StageSpec]
 ) -> list[tuple[StageSpec, dict[str, tuple[Any, Any]]]]:
     """For each stage in order, the settings its outputs depend on (``DATA_KEYS``, its own
-    and every upstream stage's ``keys``; ``NOT_RESULTS`` leaves left out) that differ
+    and every upstream stage's ``keys``; ``changes_no_result`` keys left out) that differ
     between two flat configs: ``{key: (theirs, ours)}``, empty where the stage is valid."""
     out, upstream = [], list(DATA_KEYS)
     for spec in stages:

@@ -4,8 +4,8 @@ version and the built dataset it read; a later run into the same workdir is comp
 that record before any expensive step.
 
 A run whose config differs from the record in any leaf that can change a result (every
-leaf but ``stage.NOT_RESULTS``: logging, checkpoint cadence, eval batch size, overlays,
-...) is refused with the keys that differ and the ways on: a new ``--workdir``, or one of
+leaf but those ``stage.changes_no_result`` names: logging, checkpoint cadence, eval batch
+size, overlays, a study's grid, ...) is refused with the keys that differ and the ways on: a new ``--workdir``, or one of
 two explicit policies,
 
 - ``overwrite``: the workdir's earlier outputs (stage folders, ``eval/``, metrics,
@@ -86,7 +86,7 @@ def _present(workdir: str, stages: Sequence[stage.StageSpec]) -> list[str]:
 
 def _differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     def results(flat: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in stage.NOT_RESULTS}
+        return {k: v for k, v in flat.items() if not stage.changes_no_result(k)}
 
     return stage._differences(results(theirs), results(ours))  # pylint: disable=protected-access
 
