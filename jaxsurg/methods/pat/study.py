@@ -119,7 +119,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, policy: str = "re
 
     Raises:
       ValueError: ``check_grid``'s; a cell asking fewer than 2 or more labelled frames than
-        exist (``fine_tuning.num_labelled``; all checked before the first cell runs);
+        exist (``fine_tuning.num_labelled``; all checked before the first cell runs); cells
+        tested on different numbers of frames (read back from an older run);
         ``pat.run``'s.
     """
     check_grid(config)
@@ -145,7 +146,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, policy: str = "re
                 cells.append({
                     "arm": arm, "fraction": k, "subset": s, "dice": float(summary["dice_mean"]), "iou": float(summary["iou_mean"]),
                     "num_labelled": int(summary["num_labelled"]), "num_validation": int(summary["num_validation"]),
-                    "stage_seconds": summary.get("stage_seconds", {}), "workdir": d,
+                    "num_frames": int(summary["num_frames"]), "stage_seconds": summary.get("stage_seconds", {}), "workdir": d,
                 })
     record = _table(config, cells, fractions, pool)
     stage.on_host0(lambda: write_json(os.path.join(workdir, "study.json"), record), "study.json written")
@@ -181,6 +182,11 @@ def _key(k: float) -> str:
 
 
 def _table(config: ml_collections.ConfigDict, cells: list[dict[str, Any]], fractions: list[float], pool: int) -> dict[str, Any]:
+    tested = sorted({c["num_frames"] for c in cells})
+    if len(tested) != 1:  # the cells share the dataset and split: another count is another test set
+        odd = [c["workdir"] for c in cells if c["num_frames"] != cells[0]["num_frames"]]
+        raise ValueError(f"the study's cells were tested on different numbers of frames {tested} (e.g. {odd[0]}); "
+                         "their Dice cannot be compared: rerun those cells (delete their folders)")
     arms = {}
     for arm in config.grid.arms:
         arms[arm] = {}
@@ -193,7 +199,7 @@ def _table(config: ml_collections.ConfigDict, cells: list[dict[str, Any]], fract
                 "num_labelled": mine[0]["num_labelled"], "num_validation": mine[0]["num_validation"],
             }
     return {
-        "study": "fractions", "dataset": config.dataset, "labelled_pool": pool, "subsets": int(config.grid.subsets),
+        "study": "fractions", "dataset": config.dataset, "labelled_pool": pool, "num_frames": tested[0], "subsets": int(config.grid.subsets),
         "epochs": int(config.epochs), "total_steps": int(config.total_steps), "seed": int(config.seed), "arms": arms, "cells": cells,
         "note": "dice_std: sample standard deviation (ddof 1) over the subsets; each cell's Dice is its mean over the test frames",
     }

@@ -50,6 +50,8 @@ def test_the_fractions_study_trains_pretraining_and_ext_once_and_tabulates_every
         row = record["arms"][arm]["0.25"]
         assert row["dice"] == [round(d, 6) for d in dice] and row["subsets"] == 2
         assert row["dice_mean"] == pytest.approx(np.mean(dice)) and row["dice_std"] == pytest.approx(np.std(dice, ddof=1))
+    tested = json.load(open(os.path.join(cells[("pat", 0)]["workdir"], "eval", "summary.json")))["num_frames"]
+    assert record["num_frames"] == out["num_frames"] == tested > 0
     assert record["labelled_pool"] == 16 and os.path.getsize(os.path.join(w, "study.png")) > 0
     assert not any(os.path.exists(os.path.join(c["workdir"], "finetune", "checkpoints")) for c in cells.values())
     # Again: every cell is read from its summary, nothing runs.
@@ -88,3 +90,12 @@ def test_unknown_study_is_refused():
     c = pat_config.get_config("variant=tiny,study=ablation")
     with pytest.raises(ValueError, match="config.study='ablation'"):
         study.check_grid(c)
+
+
+def test_cells_tested_on_different_frames_are_refused(tmp_path):
+    c = _grid(tmp_path, arms=("none",))
+    cell = {"arm": "none", "fraction": 0.25, "subset": 0, "dice": 0.5, "num_labelled": 4, "num_validation": 1, "num_frames": 8, "workdir": "w/none/k0.25/s0"}
+    record = study._table(c, [cell, {**cell, "subset": 1}], [0.25], 16)
+    assert record["num_frames"] == 8 and record["arms"]["none"]["0.25"]["dice_mean"] == 0.5
+    with pytest.raises(ValueError, match=r"different numbers of frames \[7, 8\].*s1"):
+        study._table(c, [cell, {**cell, "subset": 1, "num_frames": 7, "workdir": "w/none/k0.25/s1"}], [0.25], 16)
