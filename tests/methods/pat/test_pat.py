@@ -67,24 +67,6 @@ def test_pat_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
     assert "stage 'pretrain': complete" in out.stdout and "stage 'finetune': complete" in out.stdout
     again = json.load(open(w / "eval" / "summary.json"))
     assert again["dice_mean"] == summary["dice_mean"] and len(open(w / "metrics.jsonl").readlines()) == len(records)
-    # PAT-Ext, its pretraining taken from the run above: the related build (other scenes)
-    # trained on with all of its 16 labelled frames, then the target fine-tuning from it.
-    x = tmp_path / "x"
-    out = _run(x, tmp_path / "tfds", "--config.ext.enabled=True", f"--config.stages_from={w}")
-    assert "stage 'pretrain': complete" in out.stdout
-    ext = json.load(open(x / "eval" / "summary.json"))
-    assert ext["method"] == "pat_ext" and set(ext["stage_seconds"]) == {"pretrain", "ext", "finetune", "eval"}
-    assert ext["ext"]["build"].startswith("synthetic_surgery/tiny-")  # "tiny:seed=1": the overridden tiny config
-    ext_split = json.load(open(x / "ext" / "split.json"))
-    assert len(ext_split["train_records"]) + len(ext_split["validation_records"]) == ext_split["labelled_pool"] == 16
-    assert ext["ext"]["steps"] == 3 and json.load(open(x / "ext" / "plateau.json"))["validation_loss"][0] > 0
-    # The target fine-tuning started from the ext stage, not from G: the same split and the
-    # same re-initialised last layer (same seed), other hidden layers, so another first loss.
-    def first_finetune_loss(run):
-        return next(r["loss"] for r in map(json.loads, open(run / "metrics.jsonl")) if r["stage"] == "finetune")
-
-    assert ext["labelled_records"] == summary["labelled_records"]
-    assert first_finetune_loss(x) != first_finetune_loss(w)
 
 
 def _tiny(**changes):

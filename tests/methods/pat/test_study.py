@@ -1,7 +1,8 @@
 """PAT's labelled-fraction study at variant=tiny: every cell run once, the pretraining and
 PAT-Ext's stage trained once and reused, disjoint subsets, study.json's means and standard
 deviations from the cells' own summaries, study.png, a rerun that runs nothing; the grid's
-errors before any data is built."""
+errors before any data is built. PAT-Ext's stage (the related build, all its labelled frames)
+and a target fine-tuning that starts from it are checked on the grid's PAT-Ext cells."""
 
 import json
 import os
@@ -43,6 +44,20 @@ def test_the_fractions_study_trains_pretraining_and_ext_once_and_tabulates_every
     frames = {k: set(s["train_records"]) | set(s["validation_records"]) for k, s in splits.items()}
     assert all(len(f) == 4 for f in frames.values()) and not frames[("pat", 0)] & frames[("pat", 1)]
     assert frames[("pat", 0)] == frames[("pat_ext", 0)] and frames[("pat", 1)] == frames[("pat_ext", 1)]
+    # PAT-Ext's stage: the related build (other scenes), all of its 16 labelled frames, 3 steps.
+    ext = json.load(open(os.path.join(cells[("pat_ext", 0)]["workdir"], "eval", "summary.json")))
+    assert ext["method"] == "pat_ext" and set(ext["stage_seconds"]) == {"pretrain", "ext", "finetune", "eval"}
+    assert ext["ext"]["build"].startswith("synthetic_surgery/tiny-") and ext["ext"]["steps"] == 3
+    ext_dir = os.path.join(cells[("pat_ext", 0)]["workdir"], "ext")
+    ext_split = json.load(open(os.path.join(ext_dir, "split.json")))
+    assert len(ext_split["train_records"]) + len(ext_split["validation_records"]) == ext_split["labelled_pool"] == 16
+    assert json.load(open(os.path.join(ext_dir, "plateau.json")))["validation_loss"][0] > 0
+    # The target fine-tuning started from the ext stage, not from G: the same split and the
+    # same re-initialised last layer (same seed), other hidden layers, so another first loss.
+    def first_finetune_loss(d):
+        return next(r["loss"] for r in map(json.loads, open(os.path.join(d, "metrics.jsonl"))) if r["stage"] == "finetune")
+
+    assert first_finetune_loss(cells[("pat_ext", 0)]["workdir"]) != first_finetune_loss(cells[("pat", 0)]["workdir"])
     # The table is the cells' own test Dice: mean and sample std over the subsets.
     record = json.load(open(os.path.join(w, "study.json")))
     for arm in ("pat", "pat_ext"):
