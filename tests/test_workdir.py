@@ -17,8 +17,8 @@ STAGES = (stage.StageSpec("first", ("first",)), stage.StageSpec("second", ("seco
 def _config(**changes):
     c = ml_collections.ConfigDict(dict(
         method="m", dataset="synthetic", data_dir="", task="binary", resize=None, label_interval=1,
-        train_fraction=0.5, seed=0, num_overlays=8, log_every=10,
-        first=dict(width=8, total_steps=4), second=dict(lr=1e-3, total_steps=4),
+        train_fraction=0.5, seed=0, num_overlays=8, log_every=10, study="fractions",
+        grid=dict(fractions=(1.0, 0.5), subsets=2), first=dict(width=8, total_steps=4), second=dict(lr=1e-3, total_steps=4),
     ))
     for key, value in changes.items():
         node = c
@@ -43,6 +43,8 @@ def test_same_config_passes_and_keys_that_change_no_result_may_differ(tmp_path):
     _finished(w, _config())
     workdir_lib.claim(_config(), w, STAGES)
     workdir_lib.claim(_config(num_overlays=2, log_every=1), w, STAGES)
+    # A study's grid says which runs exist, not what one gives: an extended grid is claimed.
+    workdir_lib.claim(_config(num_overlays=2, log_every=1, **{"grid.subsets": 3, "grid.fractions": (1.0, 0.5, 0.25)}), w, STAGES)
     assert os.path.isdir(os.path.join(w, "second", "checkpoints"))
     record = json.load(open(os.path.join(w, workdir_lib.RECORD)))
     assert record["config"]["num_overlays"] == 2 and record["config"]["first.width"] == 8
