@@ -5,8 +5,8 @@ that record before any expensive step.
 
 A run whose config differs from the record in any leaf that can change a result (every
 leaf but those ``stage.changes_no_result`` names: logging, checkpoint cadence, eval batch
-size, overlays, a study's grid, ...) is refused with the keys that differ and the ways on: a new ``--workdir``, or one of
-two explicit policies,
+size, overlays, a study's grid, ...) is refused with the keys that differ and the ways on:
+a new ``--workdir``, or one of two explicit policies,
 
 - ``overwrite``: the workdir's earlier outputs (stage folders, ``eval/``, metrics,
   TensorBoard events, ``config.json``, the record) are deleted and everything runs afresh;

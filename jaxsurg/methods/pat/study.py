@@ -184,9 +184,10 @@ def _key(k: float) -> str:
 def _table(config: ml_collections.ConfigDict, cells: list[dict[str, Any]], fractions: list[float], pool: int) -> dict[str, Any]:
     tested = sorted({c["num_frames"] for c in cells})
     if len(tested) != 1:  # the cells share the dataset and split: another count is another test set
-        odd = [c["workdir"] for c in cells if c["num_frames"] != cells[0]["num_frames"]]
-        raise ValueError(f"the study's cells were tested on different numbers of frames {tested} (e.g. {odd[0]}); "
-                         "their Dice cannot be compared: rerun those cells (delete their folders)")
+        example = {c["num_frames"]: c["workdir"] for c in reversed(cells)}  # the first cell of each count
+        raise ValueError(f"the study's cells were tested on different numbers of frames {tested} "
+                         f"({'; '.join(f'{n}: e.g. {example[n]}' for n in tested)}); "
+                         "their Dice cannot be compared: rerun the odd cells (delete their folders)")
     arms = {}
     for arm in config.grid.arms:
         arms[arm] = {}

@@ -112,5 +112,5 @@ def test_cells_tested_on_different_frames_are_refused(tmp_path):
     cell = {"arm": "none", "fraction": 0.25, "subset": 0, "dice": 0.5, "num_labelled": 4, "num_validation": 1, "num_frames": 8, "workdir": "w/none/k0.25/s0"}
     record = study._table(c, [cell, {**cell, "subset": 1}], [0.25], 16)
     assert record["num_frames"] == 8 and record["arms"]["none"]["0.25"]["dice_mean"] == 0.5
-    with pytest.raises(ValueError, match=r"different numbers of frames \[7, 8\].*s1"):
+    with pytest.raises(ValueError, match=r"different numbers of frames \[7, 8\] \(7: e.g. w/none/k0.25/s1; 8: e.g. w/none/k0.25/s0\)"):
         study._table(c, [cell, {**cell, "subset": 1, "num_frames": 7, "workdir": "w/none/k0.25/s1"}], [0.25], 16)
