@@ -20,6 +20,16 @@ import ml_collections
 
 from jaxsurg import config as config_lib
 
+# config.method → the package whose ``run(config, workdir, policy)`` trains it and whose
+# ``trained_model(config, workdir, summary)`` loads the finished network (jaxsurg.predict).
+METHODS = {
+    "unet11": "jaxsurg.methods.unet11",
+    "laparoflow": "jaxsurg.methods.laparoflow",
+    "dual_motion": "jaxsurg.methods.dual_motion",
+    "agsd": "jaxsurg.methods.agsd",
+    "pat": "jaxsurg.methods.pat",
+}
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 

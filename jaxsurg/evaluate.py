@@ -59,28 +59,53 @@ def overlay_panel(
     return visualize.compose([image, visualize.colorize(image, target), pred_view], ["frame", "ground truth", "prediction"], caption=caption, legend=legend)
 
 
+def pad_edges(images: jax.Array, multiple: int) -> jax.Array:
+    """``pad_to_multiple`` in ``jax.numpy`` on (..., H, W, C): traceable, so that an exported
+    predictor pads as evaluation does."""
+    h, w = images.shape[-3:-1]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return images
+    pad = [(0, 0)] * (images.ndim - 3) + [(0, ph), (0, pw), (0, 0)]
+    return jnp.pad(images, pad, mode="edge")
+
+
+def model_input(variables: Any, images: jax.Array) -> jax.Array:
+    """uint8 frames → the network's input in [0, 1]: bfloat16 when every floating variable
+    is bfloat16 (``jaxsurg.predict --dtype=bfloat16``), else float32."""
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(variables) if jnp.issubdtype(leaf.dtype, jnp.floating)}
+    dtype = jnp.bfloat16 if dtypes == {jnp.dtype(jnp.bfloat16)} else jnp.float32
+    return images.astype(dtype) / 255.0
+
+
+def classes_fn(apply_fn: Callable[[Any, jax.Array], jax.Array], *, pad_multiple: int = 32) -> Callable[[Any, jax.Array], jax.Array]:
+    """The pure class-map function of a segmentation network, as evaluation and
+    ``jaxsurg.predict`` both run it: ``(variables, uint8 (..., H, W, 3)) → int32 (B, H, W)``.
+
+    Frames are padded at the bottom and right by edge replication to multiples of
+    ``pad_multiple`` (32 for U-Net11; 1 = none), scaled to [0, 1] (``model_input``), passed through
+    ``apply_fn(variables, x) → logits (B, H', W', C)``, turned into classes
+    (``metrics.predict_classes``: logit > 0 for one channel, arg-max otherwise) and cropped
+    back to (H, W). Leading axes beyond the batch (Dual MF★'s clips) are the model's to reduce.
+    """
+
+    def classes(variables: Any, images: jax.Array) -> jax.Array:
+        h, w = images.shape[-3:-1]
+        x = pad_edges(images, pad_multiple) if pad_multiple > 1 else images
+        logits = apply_fn(variables, model_input(variables, x))
+        return metrics.predict_classes(logits)[:, :h, :w]
+
+    return classes
+
+
 def make_predictor(
     apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, *, pad_multiple: int = 32
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A host-side predictor from a Linen ``apply``: uint8 (B, H, W, 3) → int32 (B, H, W).
-
-    Images are padded to multiples of ``pad_multiple`` (32 for U-Net11; 1 = no padding, for
-    models that take any size), scaled to [0, 1], run through the jitted model on this
-    process's devices, thresholded (binary) or arg-maxed (multi-class), and cropped back to
-    (H, W).
-    """
+    """A host-side predictor from a Linen ``apply``: uint8 (B, H, W, 3) → int32 (B, H, W),
+    ``classes_fn`` jitted on this process's devices with ``variables``."""
     variables = jax.device_get(variables)
-
-    @jax.jit
-    def classes(x):
-        return metrics.predict_classes(apply_fn(variables, x.astype(jnp.float32) / 255.0))
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        h, w = images.shape[1:3]
-        padded = pad_to_multiple(images, pad_multiple) if pad_multiple > 1 else images
-        return np.asarray(classes(padded))[:, :h, :w]
-
-    return predict
+    classes = jax.jit(classes_fn(apply_fn, pad_multiple=pad_multiple))
+    return lambda images: np.asarray(classes(variables, images))
 
 
 def evaluate_segmentation(
@@ -118,9 +143,11 @@ def evaluate_segmentation(
     ids: list[int] = []
     start = time.perf_counter()
     buffer: list[tuple[int, dict[str, np.ndarray]]] = []
+    frame_sizes: set[tuple[int, int]] = set()
 
     def flush():
         images = np.stack([ex["image"] for _, ex in buffer])
+        frame_sizes.add(images.shape[1:3])
         targets = np.stack([ex["mask"] for _, ex in buffer]).astype(np.int32)
         preds = predict(images)
         c = jax.device_get(metrics.confusion_counts(jnp.asarray(preds), jnp.asarray(targets), len(class_names)))
@@ -147,6 +174,9 @@ def evaluate_segmentation(
         raise ValueError("evaluation got no labelled test frames")
     all_counts = {k: np.concatenate([c[k] for c in counts]) for k in counts[0]}
     summary = {**header, **metrics.summarize(all_counts, class_names).to_json()}
+    # What jaxsurg.predict needs to apply the model to other frames: the size it saw them at.
+    summary["class_names"] = list(class_names)
+    summary["frame_size"] = list(frame_sizes.pop()) if len(frame_sizes) == 1 else None
     summary["seconds"] = round(time.perf_counter() - start, 3)
     scores = metrics.frame_scores(all_counts)
     if jax.process_index() == 0:

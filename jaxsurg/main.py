@@ -25,17 +25,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxsurg import cli
+from jaxsurg.cli import METHODS
 from jaxsurg.config import flatten_keys
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import workdir as workdir_lib
-
-METHODS = {
-    "unet11": "jaxsurg.methods.unet11",
-    "laparoflow": "jaxsurg.methods.laparoflow",
-    "dual_motion": "jaxsurg.methods.dual_motion",
-    "agsd": "jaxsurg.methods.agsd",
-    "pat": "jaxsurg.methods.pat",
-}
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A packaged config by name (unet11, laparoflow, dual_motion, agsd, pat) or a path to a config file, [:arg].",

@@ -118,7 +118,7 @@ def test_every_config_key_is_compared_by_some_stage_or_changes_no_result():
     import importlib
 
     from jaxsurg import cli
-    from jaxsurg.main import METHODS
+    from jaxsurg.cli import METHODS
 
     for name in cli.config_names():
         config = cli.load_config(name)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxsurg import evaluate
+from jaxsurg import evaluate, inference
 from jaxsurg.config import check_size
 from jaxsurg.data import pipeline
 from jaxsurg.losses import cross_entropy, ternaus_loss
@@ -22,6 +22,7 @@ from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
 from jaxsurg.train import step as step_lib
+from jaxsurg.train.checkpoint import restore_final_variables
 from jaxsurg.train.state import TrainState, make_optimizer
 
 
@@ -111,3 +112,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
             batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
         )
     return common.finish(summary, seconds, workdir)
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
+    """The finished run's U-Net11 (its ``train`` stage's final parameters) for
+    ``jaxsurg.predict``: frames padded to multiples of 32 as in evaluation.
+
+    Raises:
+      ValueError: the stage's final checkpoint is missing or of another format.
+    """
+    model = build_model(config, len(summary["class_names"]))
+    return inference.TrainedModel(
+        method=summary["method"], classes=evaluate.classes_fn(model.apply),
+        variables=restore_final_variables(workdir, "train", config.total_steps, ("params",)),
+        frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]),
+    )

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsurg.train.writers import write_json
@@ -55,12 +56,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> tuple[Any, int
     if step is None:
         return state, 0
     directory = str(manager.directory)
-    found = _read_format(directory)
-    if found != FORMAT:
-        raise ValueError(
-            f"{directory}: checkpoints of jaxsurg checkpoint format {found or '1 (unrecorded)'}, this jaxsurg reads "
-            f"format {FORMAT}; start a new --workdir (or delete {directory} to retrain the stage)"
-        )
+    check_format(directory, f"start a new --workdir (or delete {directory} to retrain the stage)")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -71,6 +67,45 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> tuple[Any, int
             f"{str(e).splitlines()[0][:200] if str(e) else ''})"
         ) from None
     return restored, int(step)
+
+
+def check_format(directory: str, ways_on: str) -> None:
+    """Raises ValueError naming ``directory`` and ``ways_on`` unless its checkpoints are of
+    this jaxsurg's ``FORMAT``."""
+    found = _read_format(directory)
+    if found != FORMAT:
+        raise ValueError(
+            f"{directory}: checkpoints of jaxsurg checkpoint format {found or '1 (unrecorded)'}, this jaxsurg reads "
+            f"format {FORMAT}; {ways_on}"
+        )
+
+
+def restore_final_variables(workdir: str, stage: str, total_steps: int, collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, Any]:
+    """The model variables of a finished stage, without its optimiser: the checkpoint at
+    ``total_steps`` of ``WORKDIR/<stage>/checkpoints`` restored as saved (no template of the
+    train state is needed), its ``collections`` (those present and not empty) as host arrays.
+
+    Returns:
+      {"params": ..., ["batch_stats": ...]} of numpy arrays, the Linen variables of the
+      stage's network.
+
+    Raises:
+      ValueError: no checkpoint there, the latest one short of ``total_steps`` (the run is not
+        finished), or checkpoints of another ``FORMAT``; the message names the directory.
+    """
+    directory = checkpoint_dir(workdir, stage)
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory} is missing: the {stage!r} stage's checkpoints (a study cell's are deleted after its evaluation; an unfinished run has none yet)")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        step = manager.latest_step()
+        if step is None or step < total_steps:
+            raise ValueError(f"{directory}: the {stage!r} stage is at step {step or 0} of {total_steps}; finish the run first (its command again resumes it)")
+        check_format(directory, "this run was made by another jaxsurg version; retrain it with this one")
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    finally:
+        manager.close()
+    return {k: jax.tree.map(np.asarray, restored[k]) for k in collections if restored.get(k)}
 
 
 def _format_path(directory: str) -> str:

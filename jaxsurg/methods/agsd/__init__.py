@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxsurg import evaluate, metrics
+from jaxsurg import evaluate, inference, metrics
 from jaxsurg.config import check_size, resolve_stage
 from jaxsurg.data import pipeline
 from jaxsurg.methods import common
@@ -40,9 +40,10 @@ from jaxsurg.methods.agsd import anchor_generation, anchor_loss, cues, features,
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
+from jaxsurg.train.checkpoint import restore_final_variables
 from jaxsurg.train.writers import write_json
 
-__all__ = ["STAGES", "check_config", "run"]
+__all__ = ["STAGES", "check_config", "run", "trained_model"]
 
 STAGES = (
     stage.StageSpec("anchors", ("setting", "video_dir", "video_builder_config", "cues")),
@@ -221,3 +222,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
 
         stage.on_host0(frames_file, "frames listed")
     return common.finish(summary, seconds, workdir)
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
+    """The finished run's network (the ``train`` stage's final variables) with its
+    ``config.predict`` threshold, for ``jaxsurg.predict``: Otsu's threshold per frame
+    (exportable), or the fixed threshold with small components removed on the host.
+
+    Raises:
+      ValueError: the stage's final checkpoint is missing or of another format.
+    """
+    model = networks.build_network(config.model)
+    classes, postprocess = prediction.classes_fn(lambda v, x: model.apply(v, x, train=False), config.predict)
+    return inference.TrainedModel(
+        method=summary["method"], classes=classes, variables=restore_final_variables(workdir, "train", config.total_steps),
+        frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]), postprocess=postprocess,
+        postprocess_note=f"predict.threshold='fixed' removes components under {config.predict.min_area_fraction} of the frame",
+    )

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsurg import visualize
+from jaxsurg import evaluate, visualize
 from jaxsurg.ops.otsu import otsu_threshold
 
 METHODS = ("otsu", "fixed")
@@ -59,6 +59,46 @@ def binarize(prob: np.ndarray, method: str, *, fixed_threshold: float = 0.6, min
     return masks, np.full(len(prob), fixed_threshold, np.float32)
 
 
+def probability_fn(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, jax.Array], jax.Array]:
+    """The network's instrument probability: ``(variables, uint8 (B, H, W, 3)) → float32
+    (B, H, W)`` in [0, 1], σ of its one logit (pure, traceable)."""
+    return lambda variables, images: jax.nn.sigmoid(apply_fn(variables, evaluate.model_input(variables, images))[..., 0]).astype(jnp.float32)
+
+
+def classes_fn(apply_fn: Callable[[Any, jax.Array], jax.Array], predict_config) -> tuple[Callable[[Any, jax.Array], jax.Array], Callable[[np.ndarray], np.ndarray] | None]:
+    """``config.predict`` as a pure class map for ``jaxsurg.predict``, with the host step it
+    leaves: ``otsu`` thresholds each frame at its own Otsu threshold inside the function
+    (exportable); ``fixed`` thresholds at ``fixed_threshold`` there and returns the removal of
+    components under ``min_area_fraction`` of the frame as the host step (None when 0).
+
+    Returns:
+      (``(variables, uint8 (B, H, W, 3)) → int32 (B, H, W)``, host step on int32 (H, W) or None).
+
+    Raises:
+      ValueError: an unknown ``predict_config.threshold``.
+    """
+    if predict_config.threshold not in METHODS:
+        raise ValueError(f"config.predict.threshold={predict_config.threshold!r} is unknown; known: {METHODS}")
+    prob = probability_fn(apply_fn)
+    if predict_config.threshold == "otsu":
+        def classes(variables, images):
+            p = prob(variables, images)
+            return (p > otsu_threshold(p)[:, None, None]).astype(jnp.int32)
+
+        return classes, None
+
+    def fixed(variables, images):
+        return (prob(variables, images) > predict_config.fixed_threshold).astype(jnp.int32)
+
+    if predict_config.min_area_fraction <= 0:
+        return fixed, None
+
+    def remove(mask: np.ndarray) -> np.ndarray:
+        return remove_small_components(mask > 0, int(round(predict_config.min_area_fraction * mask.size))).astype(np.int32)
+
+    return fixed, remove
+
+
 def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Any, predict_config) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, list]]:
     """A host predictor for ``jaxsurg.evaluate.evaluate_segmentation``: uint8 (B, H, W, 3)
     → int32 (B, H, W), through σ(logits) and ``binarize`` with ``config.predict``.
@@ -67,11 +107,11 @@ def make_predictor(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: A
     float threshold used per frame, and ``"probabilities"``, float16 (H, W) p per frame
     (for the threshold-free pixel AUC and ``probability_picture``; at the working size)."""
     variables = jax.device_get(variables)
-    prob = jax.jit(lambda x: jax.nn.sigmoid(apply_fn(variables, x.astype(jnp.float32) / 255.0)[..., 0]))
+    prob = jax.jit(probability_fn(apply_fn))
     record: dict[str, list] = {"thresholds": [], "probabilities": []}
 
     def predict(images: np.ndarray) -> np.ndarray:
-        p = np.asarray(prob(images))
+        p = np.asarray(prob(variables, images))
         masks, t = binarize(p, predict_config.threshold, fixed_threshold=predict_config.fixed_threshold, min_area_fraction=predict_config.min_area_fraction)
         record["thresholds"].extend(float(v) for v in t)
         record["probabilities"].extend(p.astype(np.float16))

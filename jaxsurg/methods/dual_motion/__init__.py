@@ -71,7 +71,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxsurg import evaluate
+from jaxsurg import evaluate, inference
 from jaxsurg.config import check_size
 from jaxsurg.data import pipeline
 from jaxsurg.data.sequences import load_train_sequence
@@ -81,6 +81,7 @@ from jaxsurg.methods.dual_motion.config import STAGES, resolve
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
+from jaxsurg.train.checkpoint import restore_final_variables
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
@@ -150,3 +151,19 @@ def evaluate_test_frames(config, workdir: str, data: pipeline.LoadedDataset, mod
         class_names=data.class_names, out_dir=os.path.join(workdir, "eval"), header=header,
         batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
     )
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
+    """The finished run's segmentation network (the ``segment`` stage's final parameters)
+    for ``jaxsurg.predict``: U-Net11, or for Dual MF★ (``segment='dual_convlstm'``) the
+    ConvLSTM U-Net11 on clips of the ``convlstm.clip_length`` latest frames.
+
+    Raises:
+      ValueError: the stage's final checkpoint is missing or of another format.
+    """
+    variables = restore_final_variables(workdir, "segment", config.total_steps, ("params",))
+    common_fields = dict(method=summary["method"], variables=variables, frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]))
+    model = segment.build_network(config, len(summary["class_names"]))
+    if config.segment == "dual_convlstm":
+        return inference.TrainedModel(classes=segment.clip_classes_fn(model), clip_length=int(config.convlstm.clip_length), **common_fields)
+    return inference.TrainedModel(classes=evaluate.classes_fn(model.apply), **common_fields)

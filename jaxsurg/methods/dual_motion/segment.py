@@ -24,6 +24,7 @@ from jaxsurg.data.sequences import LabelledFrames
 from jaxsurg.losses import cross_entropy, ternaus_loss
 from jaxsurg.methods import unet11 as unet11_method
 from jaxsurg.methods.dual_motion.convlstm import UNet11ConvLSTM, param_labels
+from jaxsurg.models import UNet11
 from jaxsurg.train import stage
 from jaxsurg.train import step as step_lib
 from jaxsurg.train.state import TrainState
@@ -94,6 +95,14 @@ def load_segment_params(config, source_workdir: str, num_classes: int, mesh) -> 
     return dict(jax.device_get(state.params))
 
 
+def build_network(config, num_classes: int) -> UNet11ConvLSTM | UNet11:
+    """The segment stage's network: the ConvLSTM U-Net11 for Dual MF★ (``segment='dual_convlstm'``),
+    else U-Net11 (one logit for a 2-class task)."""
+    if config.segment == "dual_convlstm":
+        return UNet11ConvLSTM(num_classes=1 if num_classes == 2 else num_classes, num_filters=config.model.num_filters, convlstm_layers=config.convlstm.layers)
+    return unet11_method.build_model(config, num_classes)
+
+
 def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
     """Stage 4; returns (apply_fn for single frames or clips, params, training-set sizes)."""
     d_l = LabelledFrames(seq)
@@ -110,7 +119,7 @@ def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
         items = convlstm_clips(rebuilt_sequence(d_l, sets), cl.clip_length)
         if not items:
             raise ValueError(f"the rebuilt sequence has no {cl.clip_length} consecutive entries for config.segment='dual_convlstm'")
-        model = UNet11ConvLSTM(num_classes=1 if num_classes == 2 else num_classes, num_filters=config.model.num_filters, convlstm_layers=cl.layers)
+        model = build_network(config, num_classes)
         params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, cl.clip_length, h, w, 3)))["params"]
         if cl.init_from:
             params = {**params, **load_segment_params(config, cl.init_from, num_classes, mesh)}
@@ -120,7 +129,7 @@ def segment(config, workdir, seq, d_r, d_c, num_classes: int, mesh):
         step = make_convlstm_step(model, config.model.jaccard_weight, mesh)
     else:
         items = [[(d_l, i)] for i in range(len(d_l))] + [[(ds, i)] for ds in sets for i in range(len(ds))]
-        model = unet11_method.build_model(config, num_classes)
+        model = build_network(config, num_classes)
         state = unet11_method.init_state(config, model, mesh)
         step = unet11_method.make_train_step(model, config.model.jaccard_weight, mesh)
     examples = generated.FrameExamples(items)
@@ -136,15 +145,19 @@ class ClipPredictor:
     ``length − 1`` frames of a test video see frames of the previous one."""
 
     def __init__(self, model: UNet11ConvLSTM, params, length: int):
-        self._fn = jax.jit(lambda x: model.apply({"params": params}, x)[:, -1])
+        self._fn = jax.jit(clip_classes_fn(model))
+        self._variables = {"params": params}
         self._length, self._buffer = length, []
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out = []
         for im in images:
-            h, w = im.shape[:2]
-            padded = evaluate.pad_to_multiple(im[None], 32)[0]
-            self._buffer = (self._buffer or [padded] * self._length)[1:] + [padded]
-            logits = np.asarray(self._fn(jnp.asarray(np.stack(self._buffer)[None], jnp.float32) / 255.0))[0, :h, :w]
-            out.append((logits[..., 0] > 0).astype(np.int32) if logits.shape[-1] == 1 else logits.argmax(-1).astype(np.int32))
+            self._buffer = (self._buffer or [im] * self._length)[1:] + [im]
+            out.append(np.asarray(self._fn(self._variables, np.stack(self._buffer)[None]))[0])
         return np.stack(out)
+
+
+def clip_classes_fn(model: UNet11ConvLSTM):
+    """Dual MF★'s class map of the last frame of each clip: ``(variables, uint8 (B, T, H, W,
+    3)) → int32 (B, H, W)`` (``evaluate.classes_fn``, frames padded to multiples of 32)."""
+    return evaluate.classes_fn(lambda v, x: model.apply(v, x)[:, -1])

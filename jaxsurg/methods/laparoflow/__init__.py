@@ -35,7 +35,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxsurg import evaluate
+from jaxsurg import evaluate, inference
 from jaxsurg.config import resolve_stage
 from jaxsurg.data import pipeline, unlabelled
 from jaxsurg.methods import common
@@ -44,8 +44,9 @@ from jaxsurg.methods.laparoflow.config import LOSSES, STRIDE, TASK_FOR_DATASET, 
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
+from jaxsurg.train.checkpoint import restore_final_variables
 
-__all__ = ["LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run"]
+__all__ = ["LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run", "trained_model"]
 
 # The stages and the config keys their outputs depend on (``config.stages_from``).
 STAGES = (
@@ -94,7 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
     with stage.timed(seconds, "finetune"):
         model, state, rows = finetune.finetune(config, workdir, data, backbone, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    predict = evaluate.make_predictor(lambda v, x: model.apply(v, x, train=False), variables, pad_multiple=1)
+    predict = evaluate.make_predictor(inference_apply(model), variables, pad_multiple=1)
     header = {
         "method": "laparoflow_nossl" if nossl else "laparoflow", "dataset": config.dataset, "task": config.task,
         "split": data.split_info, "num_labelled": int(len(rows)), "labelled_records": [int(r) for r in rows],
@@ -117,3 +118,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
     else:
         del seconds["keypoints"]
     return common.finish(summary, seconds, workdir)
+
+
+def inference_apply(model: finetune.BackboneWithHead):
+    """The segmentation network in inference mode: (variables, float (B, H, W, 3) in [0, 1])
+    → logits (B, H, W, K)."""
+    return lambda variables, x: model.apply(variables, x, train=False)
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
+    """The finished run's backbone and segmentation head (the ``finetune`` stage's final
+    variables) for ``jaxsurg.predict``; any frame size (no padding), as in evaluation.
+
+    Raises:
+      ValueError: the stage's final checkpoint is missing or of another format.
+    """
+    model = finetune.segmentation_model(config, len(summary["class_names"]), freeze_backbone=config.baseline != "nossl")
+    return inference.TrainedModel(
+        method=summary["method"], classes=evaluate.classes_fn(inference_apply(model), pad_multiple=1),
+        variables=restore_final_variables(workdir, "finetune", config.total_steps),
+        frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]),
+    )

@@ -47,6 +47,12 @@ class BackboneWithHead(nn.Module):
         return self.head(image, rep)
 
 
+def segmentation_model(config, num_classes: int, *, freeze_backbone: bool) -> BackboneWithHead:
+    """The fine-tuned network: the config's SegFormer backbone and the side-tune
+    segmentation head of ``num_classes`` logits (``freeze_backbone``: False for No SSL)."""
+    return BackboneWithHead(build_backbone(config), SideTuneSegmentationHead(num_classes=num_classes), freeze_backbone=freeze_backbone)
+
+
 def choose_labelled(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
     """``count`` of the labelled ``rows``, drawn without replacement with ``seed``, sorted.
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxsurg import evaluate
+from jaxsurg import evaluate, inference
 from jaxsurg.config import check_size, resolve_stage
 from jaxsurg.data import datasets, pipeline
 from jaxsurg.methods import common
@@ -38,9 +38,10 @@ from jaxsurg.methods.pat import colour_rebalancing, fine_tuning, pretraining, re
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
+from jaxsurg.train.checkpoint import restore_final_variables
 from jaxsurg.train.state import make_optimizer
 
-__all__ = ["STAGES", "check_config", "check_ext", "ext_data", "run"]
+__all__ = ["STAGES", "check_config", "check_ext", "ext_data", "run", "trained_model"]
 
 # The stages and the config keys their outputs depend on (``config.stages_from``, --resume).
 STAGES = (
@@ -214,9 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
         }
     with stage.timed(seconds, "finetune"):
         model, state, plateau = fine_tuning.finetune(config, workdir, data, train_rows, val_rows, init, mesh)
-    predict = evaluate.make_predictor(
-        lambda v, x: model.apply(v, recolorization.to_lab_input(x)[0]), {"params": state.params},
-    )
+    predict = evaluate.make_predictor(segmenter_apply(model), {"params": state.params})
     header = {
         "method": ("pat_ext" if extended else "pat") if enabled else "pat_no_pretraining", "dataset": config.dataset, "task": config.task,
         "split": data.split_info, "labelled_fraction": config.labelled_fraction, "num_labelled": int(len(train_rows)),
@@ -231,3 +230,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
             batch_size=config.eval_batch_size, num_overlays=config.num_overlays,
         )
     return common.finish(summary, seconds, workdir)
+
+
+def segmenter_apply(model):
+    """The fine-tuned U-Net11 on RGB frames in [0, 1]: float (B, H, W, 3) → logits (B, H, W,
+    1), through the scaled L channel it was trained on (``recolorization.to_lab_input``)."""
+    return lambda variables, x: model.apply(variables, recolorization.to_lab_input(x)[0])
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
+    """The finished run's fine-tuned U-Net11 (the ``finetune`` stage's final parameters) for
+    ``jaxsurg.predict``.
+
+    Raises:
+      ValueError: the stage's final checkpoint is missing (a study cell's are deleted after
+        its evaluation) or of another format.
+    """
+    model = fine_tuning.build_segmenter(config)
+    return inference.TrainedModel(
+        method=summary["method"], classes=evaluate.classes_fn(segmenter_apply(model)),
+        variables=restore_final_variables(workdir, "finetune", config.total_steps, ("params",)),
+        frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]),
+    )
