@@ -10,9 +10,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
+from predict_helpers import assert_reload_reproduces_eval
 
 from jaxsurg.configs import agsd as agsd_config
+from jaxsurg.data import pipeline
 from jaxsurg.methods import agsd
 from jaxsurg.methods.agsd import anchor_generation, frames as frames_lib, prediction, training
 from jaxsurg.methods.agsd.networks import build_network
@@ -47,6 +50,12 @@ def test_agsd_tiny_on_synthetic_runs_every_stage_stores_the_anchors_and_resumes(
     assert summary["threshold"]["method"] == "otsu" and 0 < summary["threshold"]["mean"] < 1
     assert set(summary["stage_seconds"]) == {"frames", "anchors", "features", "train", "eval"}
     assert 0.0 <= summary["network_auc"] <= 1.0 and (w / "eval" / "probability.png").stat().st_size > 0
+    # What jaxsurg.predict applies scores the evaluated frames as the run did.
+    resolved = ml_collections.ConfigDict(config)
+    loaded = frames_lib.load_frames(resolved, pipeline.load(resolved))
+    rows = np.flatnonzero(loaded.evaluated)
+    frames = ((int(i), {"image": loaded.images[i], "mask": loaded.truth[i]}) for i in rows)
+    assert_reload_reproduces_eval(w, tmp_path / "tfds", tmp_path / "reloaded", frames=frames, num_frames=len(rows))
     cues = json.load(open(w / "anchors" / "cues.json"))
     assert cues["frames"] == 24 and set(cues["auc"]) == {"colour", "objectness", "location", "a_pos", "1 - a_neg"}
     # The synthetic instruments are grey on red tissue: the colour cue carries signal.
@@ -184,6 +193,17 @@ def test_binarize_otsu_and_fixed_with_small_components_removed():
     assert otsu.sum() == 404 and 0 < t[0] < 0.8
     fixed, t = prediction.binarize(prob, "fixed", fixed_threshold=0.6, min_area_fraction=10 / 1600)
     assert fixed.sum() == 400 and t[0] == pytest.approx(0.6)
+    # The exportable class map of jaxsurg.predict thresholds the same way (Otsu inside the
+    # function; the fixed threshold's component removal as its host step).
+    logits = np.log(prob / (1 - prob + 1e-12) + 1e-12)[..., None]
+    images = np.zeros((1, 40, 40, 3), np.uint8)
+    config = ml_collections.ConfigDict({"threshold": "otsu", "fixed_threshold": 0.6, "min_area_fraction": 10 / 1600})
+    classes, host = prediction.classes_fn(lambda v, x: logits + 0 * x[..., :1], config)
+    assert host is None
+    np.testing.assert_array_equal(np.asarray(jax.jit(classes)({}, images)), otsu)
+    config.threshold = "fixed"
+    classes, host = prediction.classes_fn(lambda v, x: logits + 0 * x[..., :1], config)
+    np.testing.assert_array_equal(host(np.asarray(classes({}, images))[0]), fixed[0])
 
 
 def test_anchors_are_stored_atomically_and_resume_from_their_chunks(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from predict_helpers import assert_reload_reproduces_eval
 
 from jaxsurg.data import generated
 from jaxsurg.methods import dual_motion as dm
@@ -58,6 +59,7 @@ def test_dual_motion_tiny_runs_every_stage_and_resumes(tmp_path):
     assert len(d_r) == 12 and set(d_r.source) == {"propagated"} and set(d_r.k) == {1, 2}
     assert len(d_c) == 14 and set(d_c.source) == {"compensated"}
     assert np.all(d_c.position % 1 == 0.5)
+    assert_reload_reproduces_eval(w, tmp_path / "tfds", tmp_path / "reloaded")  # what jaxsurg.predict applies
     assert d_r[0]["image"].shape == (64, 64, 3)
     assert os.path.getsize(os.path.join(w, "propagate", "sequence.png")) > 0
     s = json.load(open(os.path.join(w, "eval", "summary.json")))

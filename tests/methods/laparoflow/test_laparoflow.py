@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from predict_helpers import assert_reload_reproduces_eval
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # tests/methods/laparoflow/ → repo
 CLIP = os.path.join(ROOT, "..", "shared", "data", "cholecseg8k_clip")
@@ -48,6 +49,7 @@ def test_laparoflow_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
     assert 0.0 <= summary["iou_mean"] <= summary["dice_mean"] <= 1.0
     for key in ("recall", "precision", "f1"):
         assert 0.0 <= summary["keypoints"]["overall"][key] <= 1.0
+    assert_reload_reproduces_eval(w, tmp_path / "tfds", tmp_path / "reloaded")  # what jaxsurg.predict applies
     assert os.listdir(w / "eval" / "overlays") and os.listdir(w / "eval" / "keypoint_overlays")
     # The same command again finds every stage finished and reproduces the evaluation.
     _run(w, tmp_path / "tfds")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from predict_helpers import assert_reload_reproduces_eval
 
 from jaxsurg.configs import pat as pat_config
 from jaxsurg.methods import pat
@@ -62,6 +63,7 @@ def test_pat_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
     records = [json.loads(line) for line in open(w / "metrics.jsonl")]
     assert {"d_loss", "g_loss", "g_rebalanced"} <= set(records[0])
     assert {"validation_loss", "learning_rate", "plateau_reductions"} <= set(records[-1])
+    assert_reload_reproduces_eval(w, tmp_path / "tfds", tmp_path / "reloaded")  # what jaxsurg.predict applies
     # Again: both stages complete (restored, not trained), the same scores, no new metrics.
     out = _run(w, tmp_path / "tfds")
     assert "stage 'pretrain': complete" in out.stdout and "stage 'finetune': complete" in out.stdout
