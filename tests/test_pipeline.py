@@ -56,15 +56,20 @@ def test_same_seed_same_batches_and_resume_from_a_step():
     assert epoch1 != epoch2
 
 
-def test_per_process_shards_are_disjoint_and_cover_the_data():
+def test_per_process_shares_are_disjoint_and_make_the_one_process_batches():
     src = _fake_source()
     ex = pipeline.Frames(src, np.arange(len(src)), "binary")
-    seen = []
-    for pi in range(2):
-        it = pipeline.local_batches(ex, _augment(), seed=0, per_process_batch=2, process_index=pi, process_count=2)
-        seen.append({u for _, b in zip(range(3), it) for u in _uids(b)})  # 3 batches = one epoch of 6
-    assert seen[0].isdisjoint(seen[1])
-    assert seen[0] | seen[1] == {r["image"][0, 0, 0] for r in src}
+    one = [b for _, b in zip(range(4), pipeline.local_batches(ex, _augment(), seed=0, per_process_batch=4))]
+    shares = [
+        [b for _, b in zip(range(4), pipeline.local_batches(ex, _augment(), seed=0, per_process_batch=2, process_index=pi, process_count=2, start_step=1))]
+        for pi in range(2)
+    ]
+    for step in range(3):  # global batch step + 1 = process 0's share, then process 1's: the one-process batch, augmentation included
+        for key in one[0]:
+            np.testing.assert_array_equal(np.concatenate([shares[0][step][key], shares[1][step][key]]), one[step + 1][key])
+    # Within the first epoch (6 examples: global batch 0 and half of 1) the shares are disjoint.
+    first = [next(pipeline.local_batches(ex, _augment(), seed=0, per_process_batch=2, process_index=pi, process_count=2)) for pi in range(2)]
+    assert not set(_uids(first[0])) & set(_uids(first[1]))
 
 
 def test_clips_are_consecutive_frames_of_one_video():

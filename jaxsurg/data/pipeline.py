@@ -262,15 +262,18 @@ def local_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for steps ``start_step, start_step + 1, …`` (numpy).
 
-    Each process reads the examples ``process_index::process_count`` and shuffles them
-    with ``seed`` (a new permutation every epoch), repeats forever, augments with a
-    per-example seed, and batches ``per_process_batch`` examples.
+    One stream for every process: the examples shuffled with ``seed`` (a new permutation
+    every epoch), repeated forever, augmented with a seed per position in the stream, and cut
+    into blocks of ``per_process_batch``; global batch s is blocks s·P … s·P + P − 1 of P
+    processes, and this process reads only block s·P + ``process_index``. So the global
+    batches (and a run's result) do not depend on how many processes share them: two
+    processes see exactly the batches one process would, and each decodes only its share.
     """
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
-    ds = grain.MapDataset.source(examples)[pi::pc]
+    ds = grain.MapDataset.source(examples)
     ds = ds.shuffle(seed=seed).repeat(None).random_map(transform, seed=seed)
-    ds = ds.batch(per_process_batch, drop_remainder=True)[start_step:]
+    ds = ds.batch(per_process_batch, drop_remainder=True)[pi::pc][start_step:]
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * num_threads, 2))
     return iter(ds.to_iter_dataset(options))
 

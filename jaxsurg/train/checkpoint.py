@@ -82,8 +82,9 @@ def check_format(directory: str, ways_on: str) -> None:
 
 def restore_final_variables(workdir: str, stage: str, total_steps: int, collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, Any]:
     """The model variables of a finished stage, without its optimiser: the checkpoint at
-    ``total_steps`` of ``WORKDIR/<stage>/checkpoints`` restored as saved (no template of the
-    train state is needed), its ``collections`` (those present and not empty) as host arrays.
+    ``total_steps`` of ``WORKDIR/<stage>/checkpoints`` restored from its own metadata (no
+    template of the train state is needed) onto this process's first device, whatever mesh
+    or number of hosts saved it, its ``collections`` (those present and not empty) as host arrays.
 
     Returns:
       {"params": ..., ["batch_stats": ...]} of numpy arrays, the Linen variables of the
@@ -96,13 +97,17 @@ def restore_final_variables(workdir: str, stage: str, total_steps: int, collecti
     directory = checkpoint_dir(workdir, stage)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory} is missing: the {stage!r} stage's checkpoints (a study cell's are deleted after its evaluation; an unfinished run has none yet)")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    manager = ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
     try:
         step = manager.latest_step()
         if step is None or step < total_steps:
             raise ValueError(f"{directory}: the {stage!r} stage is at step {step or 0} of {total_steps}; finish the run first (its command again resumes it)")
         check_format(directory, "this run was made by another jaxsurg version; retrain it with this one")
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
+        # Onto this process's first device, whatever mesh saved it (a pod's run predicts on a laptop).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), manager.item_metadata(step))
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     finally:
         manager.close()
     return {k: jax.tree.map(np.asarray, restored[k]) for k in collections if restored.get(k)}
