@@ -175,11 +175,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-instruments", type=int, default=3)
     parser.add_argument("--no-specular", action="store_true", help="no highlights, shadows or noise")
     parser.add_argument("--out", default="synthetic.png", help="PNG path")
+    parser.add_argument("--video", help="also write the frames as this video (mp4v), e.g. for jaxsurg.predict")
+    parser.add_argument("--fps", type=float, default=25.0, help="the video's frame rate")
     args = parser.parse_args(argv)
     clip = render_clip(
         args.seed, args.frames, args.height, args.width,
         max_instruments=args.max_instruments, specular=not args.no_specular,
     )
+    if args.video:
+        writer = cv2.VideoWriter(args.video, cv2.VideoWriter_fourcc(*"mp4v"), args.fps, (args.width, args.height))
+        if not writer.isOpened():
+            raise OSError(f"could not write {args.video}")
+        for frame in clip["image"]:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        print(f"wrote {args.video}")
     if not cv2.imwrite(args.out, cv2.cvtColor(contact_sheet(clip), cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {args.out}")
     print(f"wrote {args.out}")
