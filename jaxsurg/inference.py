@@ -30,6 +30,25 @@ class RunNotUsable(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class KeypointDetector:
+    """A trained key-point head (Laparoflow-SSL's), run beside the segmentation network.
+
+    Attributes:
+      detect: pure ``(variables, uint8 (B, h, w, 3)) → (xy float32 (B, K, P, 2) as (x, y)
+        pixel centres of frames of ``frame_size``, scores float32 (B, K, P) in [0, 1], valid
+        bool (B, K, P))``: up to P peaks per key-point type after non-maximum suppression.
+      variables: its Linen variables (host arrays).
+      frame_size: (h, w) px at which it detects.
+      names: the K key-point types.
+    """
+
+    detect: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+    variables: Any
+    frame_size: tuple[int, int]
+    names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainedModel:
     """A trained segmentation network, ready for frames of its ``frame_size``.
 
@@ -46,6 +65,7 @@ class TrainedModel:
       postprocess: a host step on each int32 (H, W) class map after ``classes`` (AGSD's
         removal of small components), or None. A model with one cannot be exported.
       postprocess_note: what ``postprocess`` does, for that refusal.
+      keypoints: the run's key-point head, or None (not exported with the network).
     """
 
     method: str
@@ -56,6 +76,7 @@ class TrainedModel:
     clip_length: int = 1
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None
     postprocess_note: str = ""
+    keypoints: KeypointDetector | None = None
 
     def input_shape(self, batch: int | Any) -> tuple:
         """The ``classes`` input shape for ``batch`` frames (or clips)."""

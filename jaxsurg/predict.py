@@ -17,7 +17,8 @@ DIR receives:
 - ``overlay.mp4`` (a video or a folder; at the source's size and frame rate) or
   ``overlay.png`` (one image): the frame with class colours and outlines and a legend;
 - ``predictions.jsonl``: per frame its name, index, time (s, videos), size and the area of
-  every class in pixels;
+  every class in pixels; for a Laparoflow-SSL run with a key-point head, the key points of
+  each type as [x, y, score] (pixel centres of the frame, score in [0, 1]);
 - ``predict.json``, written last: the source, the model, the frame count and the throughput
   (decode, device and write seconds, each summed over its own thread; they overlap).
 
@@ -129,29 +130,47 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def overlay_frame(image: np.ndarray, classes: np.ndarray, class_names: tuple[str, ...]) -> np.ndarray:
+def keypoints_at(peaks: tuple[np.ndarray, np.ndarray, np.ndarray], detector: inference.KeypointDetector, size: tuple[int, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One frame's detections moved from the detector's frame to a frame of ``size`` = (H, W):
+    {type name: (xy float32 (n, 2) pixel centres, scores float32 (n,))}, valid peaks only."""
+    xy, scores, valid = peaks
+    h, w = detector.frame_size
+    scale = np.array([size[1] / w, size[0] / h], np.float32)
+    return {n: ((xy[k][valid[k]] + 0.5) * scale - 0.5, scores[k][valid[k]]) for k, n in enumerate(detector.names)}
+
+
+def overlay_frame(image: np.ndarray, classes: np.ndarray, class_names: tuple[str, ...], keypoints: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """The overlay video's frame: class colours blended over the frame (``visualize.colorize``),
-    each class's outline in its colour, and a legend of the classes in the top-left corner.
+    each class's outline in its colour, key points as dots (one colour per type), and a
+    legend in the top-left corner.
 
     Args:
       image: uint8 (H, W, 3) RGB; classes: int (H, W) indices of ``class_names``.
+      keypoints: {type name: (xy (n, 2) pixel centres in ``image``, scores (n,))}, or None.
 
     Returns:
       uint8 (H, W, 3) RGB.
     """
     out = visualize.colorize(image, classes)
     thickness = max(1, min(image.shape[:2]) // 240)
+    legend = [(class_names[c], visualize.class_colour(c)) for c in range(1, len(class_names))]
     for c in range(1, len(class_names)):
         contours, _ = cv2.findContours((classes == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, visualize.class_colour(c), thickness)
+    for t, (name, (xy, _)) in enumerate((keypoints or {}).items()):
+        colour = visualize.class_colour(len(class_names) + t)
+        legend.append((name, colour))
+        for x, y in xy:
+            cv2.circle(out, (int(round(x)), int(round(y))), 3 * thickness + 2, colour, -1, cv2.LINE_AA)
+            cv2.circle(out, (int(round(x)), int(round(y))), 3 * thickness + 2, (0, 0, 0), 1, cv2.LINE_AA)
     scale, text_thickness = visualize.text_style(min(image.shape[:2]) // 2)
     y = 4
-    for c in range(1, len(class_names)):
-        (tw, th), base = cv2.getTextSize(class_names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, text_thickness)
+    for name, colour in legend:
+        (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, text_thickness)
         top, y = y, y + th + base + 4
         out[top:y, 4 : 12 + 2 * th + tw] //= 3  # a dark box behind the entry
-        cv2.rectangle(out, (6, top + 2), (6 + th, y - 2), visualize.class_colour(c), -1)
-        cv2.putText(out, class_names[c], (10 + th, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), text_thickness, cv2.LINE_AA)
+        cv2.rectangle(out, (6, top + 2), (6 + th, y - 2), colour, -1)
+        cv2.putText(out, name, (10 + th, y - base - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), text_thickness, cv2.LINE_AA)
     return out
 
 
@@ -232,8 +251,18 @@ def predict(
 
     h, w = model.frame_size
     names_k = len(model.class_names)
+    detector = model.keypoints
+    detect = None
+    if detector is not None:
+        detect_jit, detect_vars = jax.jit(detector.detect), jax.device_put(detector.variables)
+
+        def detect(x):
+            return jax.device_get(detect_jit(detect_vars, x))
+
     t0 = time.perf_counter()
     np.asarray(device_fn(np.zeros(model.input_shape(batch_size), np.uint8)))  # compiles, outside the throughput
+    if detect is not None:
+        detect(np.zeros((batch_size, *detector.frame_size, 3), np.uint8))
     compile_seconds = time.perf_counter() - t0
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
     stop = threading.Event()
@@ -248,8 +277,10 @@ def predict(
             item = next(frames, None)
             if item is not None:
                 name, rgb = item
-                small = transforms.resize({"image": np.ascontiguousarray(rgb)[None]}, (h, w))["image"][0]
-                batch.append((name, rgb, small))
+                rgb = np.ascontiguousarray(rgb)
+                small = transforms.resize({"image": rgb[None]}, (h, w))["image"][0]
+                small_kp = transforms.resize({"image": rgb[None]}, detector.frame_size)["image"][0] if detector else None
+                batch.append((name, rgb, small, small_kp))
             worker.seconds += time.perf_counter() - t0
             if batch and (item is None or len(batch) == batch_size):
                 if not _put(decoded, batch, stop):
@@ -271,13 +302,14 @@ def predict(
                 if item is _DONE:
                     return
                 t0 = time.perf_counter()
-                for name, rgb, classes in item:
+                for name, rgb, classes, points in item:
                     if model.postprocess is not None:
                         classes = model.postprocess(classes)
                     full = resize_classes(classes, rgb.shape[:2], names_k)
                     if not cv2.imwrite(os.path.join(out_dir, "masks", f"{name}.png"), full):
                         raise ValueError(f"{out_dir}/masks/{name}.png: OpenCV could not write it")
-                    picture = overlay_frame(rgb, full, model.class_names)[..., ::-1]
+                    points = keypoints_at(points, detector, rgb.shape[:2]) if detector else None
+                    picture = overlay_frame(rgb, full, model.class_names, points)[..., ::-1]
                     if source.kind == "image":
                         cv2.imwrite(partial["overlay.png"], picture)
                     else:
@@ -294,6 +326,8 @@ def predict(
                            "area_px": {n: int(a) for n, a in zip(model.class_names, areas)}}
                     if source.kind == "video":
                         row["time_s"] = round(index / source.fps, 4)
+                    if points is not None:
+                        row["keypoints"] = {n: [[round(float(x), 2), round(float(y), 2), round(float(s), 4)] for (x, y), s in zip(*p)] for n, p in points.items()}
                     lines.write(json.dumps(row) + "\n")
                     index += 1
                 worker.seconds += time.perf_counter() - t0
@@ -323,19 +357,25 @@ def predict(
                 break
             if model.clip_length > 1:  # each frame is the last of the clip of the latest frames
                 clips = []
-                for _, _, small in item:
+                for _, _, small, _ in item:
                     window.extend([small] * (model.clip_length if not window else 1))
                     clips.append(np.stack(window))
                 x = np.stack(clips)
             else:
-                x = np.stack([small for _, _, small in item])
+                x = np.stack([small for _, _, small, _ in item])
             n = len(x)
             if n < batch_size:  # the last batch, padded to the compiled shape
                 x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
             t0 = time.perf_counter()
             classes = np.asarray(device_fn(x))[:n]
+            peaks = [None] * n
+            if detect is not None:
+                x_kp = np.stack([small_kp for *_, small_kp in item])
+                x_kp = np.concatenate([x_kp, np.repeat(x_kp[-1:], batch_size - n, axis=0)]) if n < batch_size else x_kp
+                xy, scores, valid = detect(x_kp)
+                peaks = [(xy[i], scores[i], valid[i]) for i in range(n)]
             device_seconds += time.perf_counter() - t0
-            _put(predicted, [(name, rgb, c) for (name, rgb, _), c in zip(item, classes)], stop)
+            _put(predicted, [(name, rgb, c, p) for (name, rgb, _, _), c, p in zip(item, classes, peaks)], stop)
             count += len(item)
             bar.update(len(item))
     finally:
@@ -388,7 +428,8 @@ def load_exported(path: str) -> tuple[inference.TrainedModel, Any]:
     """An exported artifact as a ``TrainedModel`` without variables, and its ``call``.
 
     Raises:
-      FileNotFoundError: ``path`` is missing. ValueError: not a jax.export artifact (names it).
+      FileNotFoundError: ``path`` is missing. ValueError: not a jax.export artifact (names it),
+        or ``path + '.json'`` missing.
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -397,14 +438,13 @@ def load_exported(path: str) -> tuple[inference.TrainedModel, Any]:
     except Exception as e:  # noqa: BLE001 -- flatbuffers raises assorted errors on foreign bytes
         raise ValueError(f"--exported={path}: not a jax.export artifact written by jaxsurg.predict --export ({type(e).__name__})") from None
     shape = exported.in_avals[0].shape
-    meta = {}
-    if os.path.exists(path + ".json"):
-        with open(path + ".json", encoding="utf-8") as f:
-            meta = json.load(f)
-    names = tuple(meta.get("class_names") or ("background", "instrument"))
+    if not os.path.exists(path + ".json"):
+        raise ValueError(f"--exported={path}: {path}.json (written beside it by --export: the class names) is missing")
+    with open(path + ".json", encoding="utf-8") as f:
+        meta = json.load(f)
     model = inference.TrainedModel(
         method=meta.get("method", "exported"), classes=None, variables=None, frame_size=(int(shape[-3]), int(shape[-2])),
-        class_names=names, clip_length=int(shape[1]) if len(shape) == 5 else 1,
+        class_names=tuple(meta["class_names"]), clip_length=int(shape[1]) if len(shape) == 5 else 1,
     )
     return model, exported.call
 

@@ -205,3 +205,16 @@ def test_resize_classes_keeps_nearest_classes_away_from_edges_and_adds_none():
         edge = cv2.dilate(cv2.morphologyEx(nearest, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)), np.ones((5, 5), np.uint8)) > 0
         assert big.shape == (32, 32) and set(np.unique(big)) == set(np.unique(c))
         np.testing.assert_array_equal(big[~edge], nearest[~edge])
+
+
+def test_key_points_move_to_the_frame_as_pixel_centres_and_are_drawn():
+    detector = inference.KeypointDetector(detect=None, variables={}, frame_size=(4, 8), names=("Head", "ShaftEnd"))
+    xy = np.array([[[0.0, 0.0], [7.0, 3.0]], [[2.0, 1.0], [0.0, 0.0]]], np.float32)  # (K, P, 2)
+    scores = np.array([[0.9, 0.6], [0.7, 0.0]], np.float32)
+    valid = np.array([[True, True], [True, False]])
+    points = predict.keypoints_at((xy, scores, valid), detector, (8, 16))  # twice the size
+    np.testing.assert_allclose(points["Head"][0], [[0.5, 0.5], [14.5, 6.5]])  # (x + 0.5)·2 − 0.5
+    np.testing.assert_allclose(points["ShaftEnd"][0], [[4.5, 2.5]]) and np.testing.assert_allclose(points["ShaftEnd"][1], [0.7])
+    image = np.zeros((8, 16, 3), np.uint8)
+    drawn = predict.overlay_frame(image, np.zeros((8, 16), np.int32), ("background", "instrument"), points)
+    assert drawn[6, 14].any() and not drawn[7, 0].any()  # a dot at the Head point; the corner away from the legend stays black

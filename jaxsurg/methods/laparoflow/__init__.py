@@ -128,7 +128,8 @@ def inference_apply(model: finetune.BackboneWithHead):
 
 def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
     """The finished run's backbone and segmentation head (the ``finetune`` stage's final
-    variables) for ``jaxsurg.predict``; any frame size (no padding), as in evaluation.
+    variables) for ``jaxsurg.predict``; any frame size (no padding), as in evaluation; with
+    the key-point head of the ``keypoints`` stage where the run trained one.
 
     Raises:
       ValueError: the stage's final checkpoint is missing or of another format.
@@ -138,4 +139,5 @@ def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict
         method=summary["method"], classes=evaluate.classes_fn(inference_apply(model), pad_multiple=1),
         variables=restore_final_variables(workdir, "finetune", config.total_steps),
         frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]),
+        keypoints=keypoint_stage.trained_detector(config, workdir, summary) if "keypoints" in summary else None,
     )

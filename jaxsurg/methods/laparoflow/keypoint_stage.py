@@ -19,12 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsurg import visualize
+from jaxsurg import evaluate, inference, visualize
 from jaxsurg.data import pipeline
 from jaxsurg.methods.laparoflow import keypoints as kp
-from jaxsurg.methods.laparoflow.finetune import choose_labelled, init_downstream, make_downstream_step
+from jaxsurg.methods.laparoflow.finetune import BackboneWithHead, choose_labelled, init_downstream, make_downstream_step
 from jaxsurg.methods.laparoflow.heads import KeypointHead
+from jaxsurg.methods.laparoflow.pretrain import build_backbone
 from jaxsurg.train import stage
+from jaxsurg.train.checkpoint import restore_final_variables
 from jaxsurg.train.writers import write_json
 
 
@@ -147,3 +149,25 @@ def _keypoint_overlay(image: np.ndarray, peaks: list[np.ndarray], truth: list[np
     names = kp.KEYPOINT_NAMES if num == len(kp.KEYPOINT_NAMES) else tuple(f"type_{t}" for t in range(num))
     legend = [(n, _KEYPOINT_COLOURS[t % len(_KEYPOINT_COLOURS)]) for t, n in enumerate(names)]
     return visualize.compose([big, marks], ["frame", "key points (ring: ground truth, dot: prediction)"], caption=caption, legend=legend)
+
+
+def trained_detector(config, workdir: str, summary: dict[str, Any]) -> inference.KeypointDetector:
+    """The finished ``keypoints`` stage's head on the backbone, for ``jaxsurg.predict``:
+    σ of the heat maps at ``keypoints.image_size``, then ``find_peaks_padded`` with the
+    stage's ``threshold`` and ``nms_radius`` (as ``evaluate_keypoints``).
+
+    Raises:
+      ValueError: the stage's final checkpoint is missing or of another format.
+    """
+    k = config.keypoints
+    names = tuple(summary["keypoints"]["per_type"])
+    model = BackboneWithHead(build_backbone(config), KeypointHead(num_keypoints=len(names)), freeze_backbone=True)
+
+    def detect(variables, images):
+        heat = jax.nn.sigmoid(model.apply(variables, evaluate.model_input(variables, images), train=False).astype(jnp.float32))
+        return kp.find_peaks_padded(heat, threshold=float(k.threshold), nms_radius=int(k.nms_radius))
+
+    return inference.KeypointDetector(
+        detect=detect, variables=restore_final_variables(workdir, "keypoints", k.total_steps),
+        frame_size=tuple(int(v) for v in k.image_size), names=names,
+    )

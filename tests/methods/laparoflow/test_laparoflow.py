@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from predict_helpers import assert_reload_reproduces_eval
 
+from jaxsurg import inference, predict
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # tests/methods/laparoflow/ → repo
 CLIP = os.path.join(ROOT, "..", "shared", "data", "cholecseg8k_clip")
 VIDEO = os.path.join(ROOT, "..", "shared", "data", "cholec_video")
@@ -50,6 +52,16 @@ def test_laparoflow_tiny_on_synthetic_runs_every_stage_and_resumes(tmp_path):
     for key in ("recall", "precision", "f1"):
         assert 0.0 <= summary["keypoints"]["overall"][key] <= 1.0
     assert_reload_reproduces_eval(w, tmp_path / "tfds", tmp_path / "reloaded")  # what jaxsurg.predict applies
+    # predict also runs the key-point head: each frame's detections, in the frame's pixels.
+    model = inference.load(str(w))
+    assert model.keypoints is not None and model.keypoints.names == tuple(summary["keypoints"]["per_type"])
+    subprocess.run([sys.executable, "-m", "jaxsurg.data.synthetic", "--frames", "3", "--height", "96", "--width", "160",
+                    "--out", str(tmp_path / "c.png"), "--video", str(tmp_path / "c.mp4")], check=True, capture_output=True)
+    predict.predict(model, predict.Source(str(tmp_path / "c.mp4")), str(tmp_path / "p"), batch_size=2)
+    rows = [json.loads(line) for line in open(tmp_path / "p" / "predictions.jsonl")]
+    assert len(rows) == 3 and all(set(r["keypoints"]) == set(model.keypoints.names) for r in rows)
+    points = [p for r in rows for pts in r["keypoints"].values() for p in pts]
+    assert all(0 <= x < 160 and 0 <= y < 96 and 0 <= s <= 1 for x, y, s in points)
     assert os.listdir(w / "eval" / "overlays") and os.listdir(w / "eval" / "keypoint_overlays")
     # The same command again finds every stage finished and reproduces the evaluation.
     _run(w, tmp_path / "tfds")
