@@ -520,5 +520,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     return result
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``jaxsurg-predict`` console script (``main`` without its return value, which a
+    console script would print as an exit status)."""
     main()
+
+
+if __name__ == "__main__":
+    run()
