@@ -218,3 +218,20 @@ def test_key_points_move_to_the_frame_as_pixel_centres_and_are_drawn():
     image = np.zeros((8, 16, 3), np.uint8)
     drawn = predict.overlay_frame(image, np.zeros((8, 16), np.int32), ("background", "instrument"), points)
     assert drawn[6, 14].any() and not drawn[7, 0].any()  # a dot at the Head point; the corner away from the legend stays black
+
+
+def test_bfloat16_variables_run_the_network_in_bfloat16():
+    from jaxsurg import evaluate
+
+    seen = []
+
+    def apply(v, x):
+        seen.append(x.dtype)
+        return (x[..., :1] * v["w"]).astype(np.float32) - 0.5
+
+    classes = evaluate.classes_fn(apply, pad_multiple=4)
+    images = np.full((1, 6, 5, 3), 200, np.uint8)
+    for dtype in (np.float32, jax.numpy.bfloat16):
+        out = np.asarray(classes(inference.cast({"w": np.ones((), np.float32)}, dtype), images))
+        assert out.shape == (1, 6, 5) and (out == 1).all()  # 200/255 > 0.5: padded to 8×8 and cropped back
+    assert seen == [np.float32, jax.numpy.bfloat16]
