@@ -191,17 +191,19 @@ def resize_classes(classes: np.ndarray, size: tuple[int, int], num_classes: int)
 
 
 class _Worker(threading.Thread):
-    """A thread that runs ``fn`` and keeps its exception for the main thread."""
+    """A thread that runs ``fn``; on an exception it keeps it for the main thread and sets
+    ``stop``, so that no other thread waits for it."""
 
-    def __init__(self, fn, name: str):
+    def __init__(self, fn, name: str, stop: threading.Event):
         super().__init__(name=name, daemon=True)
-        self._fn, self.error, self.seconds = fn, None, 0.0
+        self._fn, self._halt, self.error, self.seconds = fn, stop, None, 0.0
 
     def run(self):
         try:
             self._fn(self)
         except BaseException as e:  # noqa: BLE001 -- re-raised by the main thread
             self.error = e
+            self._halt.set()
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -298,7 +300,12 @@ def predict(
         index = 0
         try:
             while True:
-                item = predicted.get()
+                try:
+                    item = predicted.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
                 if item is _DONE:
                     return
                 t0 = time.perf_counter()
@@ -336,7 +343,7 @@ def predict(
             if video is not None:
                 video.release()
 
-    decoder, writer = _Worker(decode, "decode"), _Worker(write, "write")
+    decoder, writer = _Worker(decode, "decode", stop), _Worker(write, "write", stop)
     start = time.perf_counter()
     decoder.start()
     writer.start()
@@ -348,12 +355,10 @@ def predict(
             try:
                 item = decoded.get(timeout=0.1)
             except queue.Empty:
-                if decoder.error is not None or writer.error is not None:
+                if stop.is_set():
                     break
                 continue
-            if item is _DONE:
-                break
-            if writer.error is not None:
+            if item is _DONE or stop.is_set():
                 break
             if model.clip_length > 1:  # each frame is the last of the clip of the latest frames
                 clips = []
@@ -379,9 +384,10 @@ def predict(
             count += len(item)
             bar.update(len(item))
     finally:
-        stop.set() if (decoder.error or writer.error) else None
+        if sys.exc_info()[0] is not None:  # the device failed: the threads stop too
+            stop.set()
         _put(predicted, _DONE, stop)
-        decoder.join() if decoder.error is None else None
+        decoder.join()
         writer.join()
         bar.close()
     for worker in (decoder, writer):

@@ -57,4 +57,4 @@ def test_quickstart_then_predict_video_on_its_run_then_tpu(tmp_path, monkeypatch
     tpu.mkdir()
     nb = _execute("tpu.ipynb", tpu, monkeypatch)
     assert "2 devices:" in _text(nb) and "sum over all cores: 28.0" in _text(nb)
-    assert json.load(open(tpu / "laparoflow_tpu" / "config.json"))["batch_size"] == 4
+    assert json.load(open(tpu / "laparoflow_tpu" / "config.json"))["batch_size"] == 4  # 2 per device

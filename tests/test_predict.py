@@ -235,3 +235,28 @@ def test_bfloat16_variables_run_the_network_in_bfloat16():
         out = np.asarray(classes(inference.cast({"w": np.ones((), np.float32)}, dtype), images))
         assert out.shape == (1, 6, 5) and (out == 1).all()  # 200/255 > 0.5: padded to 8×8 and cropped back
     assert seen == [np.float32, jax.numpy.bfloat16]
+
+
+def test_a_failing_thread_stops_the_others_and_its_error_names_the_frame(tmp_path):
+    """An unreadable frame (the decoding thread) and a failing host step (the writing thread)
+    raise their own errors in the caller; no thread is left waiting."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"{i}.png"), np.zeros((8, 12, 3), np.uint8))
+    (folder / "3.png").write_bytes(b"not a png")
+    model = inference.TrainedModel(
+        method="toy", classes=lambda v, x: (x[..., 0] > 127).astype(np.int32), variables={}, frame_size=(8, 12),
+        class_names=("background", "instrument"),
+    )
+    with pytest.raises(ValueError, match="3.png: OpenCV cannot read this image"):
+        predict.predict(model, predict.Source(str(folder)), str(tmp_path / "a"), batch_size=1)
+    os.remove(folder / "3.png")
+
+    def broken(classes):
+        raise RuntimeError("host step failed")
+
+    failing = inference.TrainedModel(**{**model.__dict__, "postprocess": broken})
+    with pytest.raises(RuntimeError, match="host step failed"):
+        predict.predict(failing, predict.Source(str(folder)), str(tmp_path / "b"), batch_size=1)
+    assert not (tmp_path / "b" / "predict.json").exists()
