@@ -22,8 +22,9 @@ DIR receives:
 - ``predict.json``, written last: the source, the model, the frame count and the throughput
   (decode, device and write seconds, each summed over its own thread; they overlap).
 
-Frames stream: a decoding thread reads and resizes, the main thread runs the network, a
-writing thread resizes back, draws and writes, so a video is never held in memory.
+Frames stream: a decoding thread reads and resizes (``builders.common.in_background``), the
+main thread runs the network, a writing thread resizes back, draws and writes, so a video is
+never held in memory.
 ``--export=FILE`` writes the network with its variables as a serialized ``jax.export``
 artifact (StableHLO, any batch size) and ``FILE.json`` (class names, frame size); the
 artifact runs without jaxsurg's config or model code (README, "Use a trained model").
@@ -51,6 +52,7 @@ import numpy as np
 
 from jaxsurg import inference, progress, visualize
 from jaxsurg.data import transforms
+from jaxsurg.data.builders.common import in_background
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -268,11 +270,11 @@ def predict(
     compile_seconds = time.perf_counter() - t0
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
     stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(maxsize=4)
     predicted: queue.Queue = queue.Queue(maxsize=4)
+    decode_seconds = [0.0]
 
-    def decode(worker):
-        batch: list[tuple[str, np.ndarray, np.ndarray]] = []
+    def batches():  # runs in builders.common.in_background's thread
+        batch: list[tuple] = []
         frames = source.frames()
         while True:
             t0 = time.perf_counter()
@@ -283,13 +285,11 @@ def predict(
                 small = transforms.resize({"image": rgb[None]}, (h, w))["image"][0]
                 small_kp = transforms.resize({"image": rgb[None]}, detector.frame_size)["image"][0] if detector else None
                 batch.append((name, rgb, small, small_kp))
-            worker.seconds += time.perf_counter() - t0
+            decode_seconds[0] += time.perf_counter() - t0
             if batch and (item is None or len(batch) == batch_size):
-                if not _put(decoded, batch, stop):
-                    return
+                yield batch
                 batch = []
             if item is None:
-                _put(decoded, _DONE, stop)
                 return
 
     paths = {k: os.path.join(out_dir, k) for k in ("predictions.jsonl", "overlay.mp4", "overlay.png")}
@@ -343,22 +343,15 @@ def predict(
             if video is not None:
                 video.release()
 
-    decoder, writer = _Worker(decode, "decode", stop), _Worker(write, "write", stop)
+    writer = _Worker(write, "write", stop)
     start = time.perf_counter()
-    decoder.start()
     writer.start()
     device_seconds, count = 0.0, 0
     window: collections.deque = collections.deque(maxlen=model.clip_length)
     bar = progress.bar(total=source.count, desc="predict", unit="frame")
     try:
-        while True:
-            try:
-                item = decoded.get(timeout=0.1)
-            except queue.Empty:
-                if stop.is_set():
-                    break
-                continue
-            if item is _DONE or stop.is_set():
+        for item in in_background(batches(), ahead=4):
+            if stop.is_set():  # the writer failed
                 break
             if model.clip_length > 1:  # each frame is the last of the clip of the latest frames
                 clips = []
@@ -387,12 +380,10 @@ def predict(
         if sys.exc_info()[0] is not None:  # the device failed: the threads stop too
             stop.set()
         _put(predicted, _DONE, stop)
-        decoder.join()
         writer.join()
         bar.close()
-    for worker in (decoder, writer):
-        if worker.error is not None:
-            raise worker.error
+    if writer.error is not None:
+        raise writer.error
     seconds = time.perf_counter() - start
     for key in ("predictions.jsonl", "overlay.mp4", "overlay.png"):
         if os.path.exists(partial[key]):
@@ -403,7 +394,7 @@ def predict(
         **(record or {}), "input": os.path.abspath(source.path), "kind": source.kind, "frames": count,
         "fps_source": source.fps, "frame_size": list(model.frame_size), "class_names": list(model.class_names),
         "batch_size": batch_size, "compile_seconds": round(compile_seconds, 3), "seconds": round(seconds, 3), "frames_per_second": round(count / seconds, 3) if seconds else None,
-        "seconds_by_part": {"decode": round(decoder.seconds, 3), "device": round(device_seconds, 3), "write": round(writer.seconds, 3)},
+        "seconds_by_part": {"decode": round(decode_seconds[0], 3), "device": round(device_seconds, 3), "write": round(writer.seconds, 3)},
         "note": "seconds_by_part: each part's own time summed over its thread; the three run at once, so they add up to more than 'seconds'",
     }
     write_json(os.path.join(out_dir, "classes.json"), {str(i): n for i, n in enumerate(model.class_names)})
