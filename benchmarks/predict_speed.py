@@ -18,6 +18,7 @@ wall time: the decoding and writing threads overlap it, so the shares add up to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -68,7 +69,7 @@ def main() -> None:
     p.add_argument("--models", default="unet11,segformer", help="unet11, segformer")
     p.add_argument("--frames", type=int, default=24, help="frames per video")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--dtype", choices=sorted(predict.DTYPES), default="float32")
+    p.add_argument("--dtype", choices=sorted(inference.DTYPES), default="float32")
     p.add_argument("--model-size", type=_size, help="H×W the network runs at (default: the video's size)")
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args()
@@ -80,7 +81,7 @@ def main() -> None:
             _video(video, args.frames, width, height)
             for name in args.models.split(","):
                 model = _model(name, args.model_size or (height, width))
-                model = inference.TrainedModel(**{**model.__dict__, "variables": inference.cast(model.variables, predict.DTYPES[args.dtype])})
+                model = dataclasses.replace(model, variables=inference.cast(model.variables, inference.DTYPES[args.dtype]))
                 out = os.path.join(tmp, f"{name}_{size}")
                 r = predict.predict(model, predict.Source(video), out, batch_size=args.batch)
                 parts = r["seconds_by_part"]

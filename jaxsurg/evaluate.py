@@ -19,16 +19,6 @@ from jaxsurg import metrics, progress, visualize
 from jaxsurg.train.writers import write_json
 
 
-def pad_to_multiple(images: np.ndarray, multiple: int = 32) -> np.ndarray:
-    """Pads (B, H, W, C) images at the bottom and right, by edge replication, so that H and
-    W become multiples of ``multiple`` (U-Net11 needs 32). Crop outputs back to (H, W)."""
-    h, w = images.shape[1:3]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return images
-    return np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-
-
 def overlay_panel(
     image: np.ndarray, target: np.ndarray, pred: np.ndarray, caption: str, class_names: Sequence[str] | None = None
 ) -> np.ndarray:
@@ -59,9 +49,10 @@ def overlay_panel(
     return visualize.compose([image, visualize.colorize(image, target), pred_view], ["frame", "ground truth", "prediction"], caption=caption, legend=legend)
 
 
-def pad_edges(images: jax.Array, multiple: int) -> jax.Array:
-    """``pad_to_multiple`` in ``jax.numpy`` on (..., H, W, C): traceable, so that an exported
-    predictor pads as evaluation does."""
+def pad_to_multiple(images: jax.Array, multiple: int = 32) -> jax.Array:
+    """Pads (..., H, W, C) images at the bottom and right, by edge replication, so that H and
+    W become multiples of ``multiple`` (U-Net11 needs 32); crop outputs back to (H, W).
+    ``jax.numpy``, so traceable: an exported predictor pads as evaluation does."""
     h, w = images.shape[-3:-1]
     ph, pw = -h % multiple, -w % multiple
     if ph == 0 and pw == 0:
@@ -91,7 +82,7 @@ def classes_fn(apply_fn: Callable[[Any, jax.Array], jax.Array], *, pad_multiple:
 
     def classes(variables: Any, images: jax.Array) -> jax.Array:
         h, w = images.shape[-3:-1]
-        x = pad_edges(images, pad_multiple) if pad_multiple > 1 else images
+        x = pad_to_multiple(images, pad_multiple) if pad_multiple > 1 else images
         logits = apply_fn(variables, model_input(variables, x))
         return metrics.predict_classes(logits)[:, :h, :w]
 

@@ -6,6 +6,8 @@ A run is finished when ``WORKDIR/config.json`` (the resolved config), ``WORKDIR/
 the method's last training stage are there. Each method package exposes
 ``trained_model(config, workdir, summary) -> TrainedModel``; ``load`` finds it through
 ``jaxsurg.cli.METHODS`` by ``config.method``, so this module has no method branches.
+``export``, ``write_export`` and ``load_exported`` make and read the self-contained
+``jax.export`` artifact of ``jaxsurg.predict --export`` / ``--exported``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import ml_collections
 import numpy as np
 
 from jaxsurg.cli import METHODS
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # jaxsurg.predict --dtype
 
 
 class RunNotUsable(ValueError):
@@ -152,3 +157,47 @@ def export(model: TrainedModel, dtype: Any = jnp.float32) -> jax.export.Exported
     batch = jax.export.symbolic_shape("b")[0]
     fn = jax.jit(lambda images: model.classes(variables, images))
     return jax.export.export(fn)(jax.ShapeDtypeStruct(model.input_shape(batch), jnp.uint8))
+
+
+def write_export(model: TrainedModel, path: str, dtype: str, record: dict[str, Any]) -> None:
+    """``export`` serialized to ``path`` and its description to ``path + '.json'``
+    (each written to a temporary name, then renamed: no half-written artifact).
+
+    Raises:
+      ValueError: see ``export``.
+    """
+    data = export(model, DTYPES[dtype]).serialize()
+    meta = {
+        **record, "class_names": list(model.class_names), "frame_size": list(model.frame_size), "clip_length": model.clip_length,
+        "dtype": dtype, "input": "uint8 (b, [clip_length,] H, W, 3) RGB frames of frame_size", "output": "int32 (b, H, W) class indices",
+    }
+    for target, content in ((path, data), (path + ".json", (json.dumps(meta, indent=2) + "\n").encode())):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        with open(target + ".partial", "wb") as f:
+            f.write(content)
+        os.replace(target + ".partial", target)
+
+
+def load_exported(path: str) -> tuple[TrainedModel, Any]:
+    """An exported artifact as a ``TrainedModel`` without variables, and its ``call``.
+
+    Raises:
+      FileNotFoundError: ``path`` is missing. ValueError: not a jax.export artifact (names it),
+        or ``path + '.json'`` missing.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        exported = jax.export.deserialize(bytearray(data))
+    except Exception as e:  # noqa: BLE001 -- flatbuffers raises assorted errors on foreign bytes
+        raise ValueError(f"--exported={path}: not a jax.export artifact written by jaxsurg.predict --export ({type(e).__name__})") from None
+    shape = exported.in_avals[0].shape
+    if not os.path.exists(path + ".json"):
+        raise ValueError(f"--exported={path}: {path}.json (written beside it by --export: the class names) is missing")
+    with open(path + ".json", encoding="utf-8") as f:
+        meta = json.load(f)
+    model = TrainedModel(
+        method=meta.get("method", "exported"), classes=None, variables=None, frame_size=(int(shape[-3]), int(shape[-2])),
+        class_names=tuple(meta["class_names"]), clip_length=int(shape[1]) if len(shape) == 5 else 1,
+    )
+    return model, exported.call

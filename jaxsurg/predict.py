@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import functools
 import json
 import os
 import queue
@@ -47,7 +49,6 @@ from typing import Any, Iterator
 import cv2
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxsurg import inference, progress, visualize
@@ -56,7 +57,6 @@ from jaxsurg.data.builders.common import in_background
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FOLDER_FPS = 25.0  # overlay.mp4's frame rate for a folder of frames (--fps)
 _DONE = object()
 
@@ -256,12 +256,7 @@ def predict(
     h, w = model.frame_size
     names_k = len(model.class_names)
     detector = model.keypoints
-    detect = None
-    if detector is not None:
-        detect_jit, detect_vars = jax.jit(detector.detect), jax.device_put(detector.variables)
-
-        def detect(x):
-            return jax.device_get(detect_jit(detect_vars, x))
+    detect = functools.partial(jax.jit(detector.detect), jax.device_put(detector.variables)) if detector else None
 
     t0 = time.perf_counter()
     np.asarray(device_fn(np.zeros(model.input_shape(batch_size), np.uint8)))  # compiles, outside the throughput
@@ -370,7 +365,7 @@ def predict(
             if detect is not None:
                 x_kp = np.stack([small_kp for *_, small_kp in item])
                 x_kp = np.concatenate([x_kp, np.repeat(x_kp[-1:], batch_size - n, axis=0)]) if n < batch_size else x_kp
-                xy, scores, valid = detect(x_kp)
+                xy, scores, valid = jax.device_get(detect(x_kp))
                 peaks = [(xy[i], scores[i], valid[i]) for i in range(n)]
             device_seconds += time.perf_counter() - t0
             _put(predicted, [(name, rgb, c, p) for (name, rgb, _, _), c, p in zip(item, classes, peaks)], stop)
@@ -402,50 +397,6 @@ def predict(
     return result
 
 
-def write_export(model: inference.TrainedModel, path: str, dtype: str, record: dict[str, Any]) -> None:
-    """``inference.export`` serialized to ``path`` and its description to ``path + '.json'``
-    (each written to a temporary name, then renamed: no half-written artifact).
-
-    Raises:
-      ValueError: see ``inference.export``.
-    """
-    data = inference.export(model, DTYPES[dtype]).serialize()
-    meta = {
-        **record, "class_names": list(model.class_names), "frame_size": list(model.frame_size), "clip_length": model.clip_length,
-        "dtype": dtype, "input": "uint8 (b, [clip_length,] H, W, 3) RGB frames of frame_size", "output": "int32 (b, H, W) class indices",
-    }
-    for target, content in ((path, data), (path + ".json", (json.dumps(meta, indent=2) + "\n").encode())):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        with open(target + ".partial", "wb") as f:
-            f.write(content)
-        os.replace(target + ".partial", target)
-
-
-def load_exported(path: str) -> tuple[inference.TrainedModel, Any]:
-    """An exported artifact as a ``TrainedModel`` without variables, and its ``call``.
-
-    Raises:
-      FileNotFoundError: ``path`` is missing. ValueError: not a jax.export artifact (names it),
-        or ``path + '.json'`` missing.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        exported = jax.export.deserialize(bytearray(data))
-    except Exception as e:  # noqa: BLE001 -- flatbuffers raises assorted errors on foreign bytes
-        raise ValueError(f"--exported={path}: not a jax.export artifact written by jaxsurg.predict --export ({type(e).__name__})") from None
-    shape = exported.in_avals[0].shape
-    if not os.path.exists(path + ".json"):
-        raise ValueError(f"--exported={path}: {path}.json (written beside it by --export: the class names) is missing")
-    with open(path + ".json", encoding="utf-8") as f:
-        meta = json.load(f)
-    model = inference.TrainedModel(
-        method=meta.get("method", "exported"), classes=None, variables=None, frame_size=(int(shape[-3]), int(shape[-2])),
-        class_names=tuple(meta["class_names"]), clip_length=int(shape[1]) if len(shape) == 5 else 1,
-    )
-    return model, exported.call
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsurg.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", help="a finished jaxsurg run")
@@ -454,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the output folder (new or empty, unless --overwrite)")
     p.add_argument("--export", help="write the model as a jax.export artifact to this file (and FILE.json)")
     p.add_argument("--batch_size", type=int, default=8, help="frames per device call (default 8)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="parameters and frames on the device (bfloat16 for accelerators)")
+    p.add_argument("--dtype", choices=sorted(inference.DTYPES), default="float32", help="parameters and frames on the device (bfloat16 for accelerators)")
     p.add_argument("--fps", type=float, help="overlay.mp4's frame rate for a folder of frames (default 25; a video keeps its own)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier predict in --out")
     return p
@@ -494,13 +445,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             _check_out(args.out, args.overwrite)
         if args.workdir:
             model = inference.load(args.workdir)
-            model = inference.TrainedModel(**{**model.__dict__, "variables": inference.cast(model.variables, DTYPES[args.dtype])})
+            model = dataclasses.replace(model, variables=inference.cast(model.variables, inference.DTYPES[args.dtype]))
             record, device_fn = {"workdir": os.path.abspath(args.workdir), "method": model.method, "dtype": args.dtype}, None
             if args.export:
-                write_export(model, args.export, args.dtype, record)
+                inference.write_export(model, args.export, args.dtype, record)
                 progress.say(f"exported {model.method} ({args.dtype}, frames {model.frame_size[0]}×{model.frame_size[1]}) to {args.export} and {args.export}.json")
         else:
-            model, device_fn = load_exported(args.exported)
+            model, device_fn = inference.load_exported(args.exported)
             record = {"exported": os.path.abspath(args.exported), "method": model.method}
     except (ValueError, FileNotFoundError) as e:
         print(f"jaxsurg.predict: {e}", file=sys.stderr)

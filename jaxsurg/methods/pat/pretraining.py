@@ -326,7 +326,7 @@ def recolor_images(generator: nn.Module, variables: dict[str, Any], images: np.n
     """(L shown as grey, recoloured) uint8 (N, H, W, 3) for uint8 RGB ``images`` (N, H, W, 3):
     padded to multiples of 32 (edge replication) for G, cropped back."""
     h, w = images.shape[1:3]
-    L, _ = recolorization.to_lab_input(jnp.asarray(evaluate.pad_to_multiple(images, 32)))
+    L, _ = recolorization.to_lab_input(evaluate.pad_to_multiple(jnp.asarray(images), 32))
     ab = jax.jit(lambda v, x: generator.apply(v, x))(variables, L)
     grey = recolorization.to_rgb(L, jnp.zeros_like(ab))
     recoloured = recolorization.to_rgb(L, ab)
