@@ -53,7 +53,7 @@ import numpy as np
 
 from jaxsurg import inference, progress, visualize
 from jaxsurg.data import transforms
-from jaxsurg.data.builders.common import in_background
+from jaxsurg.data.builders.common import in_background, put_unless_stopped
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -208,16 +208,6 @@ class _Worker(threading.Thread):
             self._halt.set()
 
 
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def predict(
     model: inference.TrainedModel,
     source: Source,
@@ -368,13 +358,13 @@ def predict(
                 xy, scores, valid = jax.device_get(detect(x_kp))
                 peaks = [(xy[i], scores[i], valid[i]) for i in range(n)]
             device_seconds += time.perf_counter() - t0
-            _put(predicted, [(name, rgb, c, p) for (name, rgb, _, _), c, p in zip(item, classes, peaks)], stop)
+            put_unless_stopped(predicted, [(name, rgb, c, p) for (name, rgb, _, _), c, p in zip(item, classes, peaks)], stop)
             count += len(item)
             bar.update(len(item))
     finally:
         if sys.exc_info()[0] is not None:  # the device failed: the threads stop too
             stop.set()
-        _put(predicted, _DONE, stop)
+        put_unless_stopped(predicted, _DONE, stop)
         writer.join()
         bar.close()
     if writer.error is not None:

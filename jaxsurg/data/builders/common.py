@@ -278,6 +278,18 @@ def _flow_pairs(
         yield (previous[0], previous[1], *no_flow(*previous[1].shape[:2]))
 
 
+def put_unless_stopped(channel: queue.Queue, entry: Any, stop: threading.Event) -> bool:
+    """Puts ``entry`` on ``channel``, waiting while it is full; gives up when ``stop`` is set.
+    Returns whether it was put."""
+    while not stop.is_set():
+        try:
+            channel.put(entry, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
 def in_background(items: Iterator[T], ahead: int = 2) -> Iterator[T]:
     """Iterates ``items`` in a worker thread, at most ``ahead`` items ahead of the consumer.
 
@@ -289,13 +301,7 @@ def in_background(items: Iterator[T], ahead: int = 2) -> Iterator[T]:
     end = object()
 
     def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                channel.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        return put_unless_stopped(channel, entry, stop)
 
     def work() -> None:
         try:
