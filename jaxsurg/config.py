@@ -82,14 +82,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.variant = "default"  # tiny (CI smoke test) | default (this 2-core CPU) | paper
     c.seed = 0  # seeds initialisation, batches, augmentation and labelled-frame choice
     # Data.
-    c.dataset = "synthetic"  # synthetic | cholecseg8k | surgical_video
-    c.data_dir = ""  # raw files of datasets that need them (CholecSeg8k's official layout)
+    c.dataset = "synthetic"  # synthetic | cholecseg8k | endovis17 | endovis15_keypoints | m2caiseg | labelme | surgical_video
+    c.data_dir = ""  # raw files of datasets that need them (each builder's official layout, at any depth)
+    c.label_map = ""  # dataset=labelme: LabelMe label → class, "grasper:instrument hook:instrument"; "" = the builder's default
     c.tfds_dir = ""  # built ArrayRecord datasets; "" = $JAXSURG_TFDS_DIR or ~/.cache/jaxsurg/tensorflow_datasets
     c.task = "binary"  # binary | parts | type (synthetic) | laparoflow4 | full13 (cholecseg8k)
     c.resize = ml_collections.config_dict.placeholder(tuple)  # (H, W) frames are resized to; None = dataset default
     c.image_size = (128, 160)  # (H, W) training crops, multiples of 32 for U-Net11
     c.label_interval = 1  # 1 = every training frame labelled; h = every h-th
-    c.train_fraction = 2 / 3  # temporal split of CholecSeg8k videos
+    c.train_fraction = 2 / 3  # temporal split of CholecSeg8k and LabelMe videos
+    c.fold = 0  # EndoVis 2017 4-fold cross-validation: held-out videos of fold 0..3; -1 = the released test set
+    # Cross-dataset evaluation: train on config.dataset, test on every labelled frame of another
+    # dataset with the same task (its test split where it has one); evaluation only, stages are kept.
+    c.test_dataset = ""  # "" = test on config.dataset's own test part
+    c.test_data_dir = ""  # raw files of test_dataset
     c.clip_length = 1  # frames per training example
     c.batch_keys = ("image", "mask", "has_label")  # record fields a training batch holds
     c.data_threads = 2  # grain worker threads reading and augmenting examples

@@ -100,3 +100,50 @@ def test_temporal_split_and_label_interval():
 def test_unknown_dataset_and_task_are_refused():
     with pytest.raises(ValueError, match="known datasets"):
         datasets.get_spec("endovis2099")
+
+
+def test_fold_split_holds_out_whole_videos_and_label_interval_stays_within_training_videos():
+    src = _fake_source(n_videos=4, frames=6)  # videos 0..3, frames 500..505, last unlabelled
+    index = datasets.RecordIndex.read(src)
+    folds = {0: (1, 3), 1: (0, 2)}
+    train, test, info = datasets.fold_split(index, folds, 0)
+    assert sorted(set(index.video_id[train].tolist())) == [0, 2] and sorted(set(index.video_id[test].tolist())) == [1, 3]
+    assert not set(train) & set(test) and len(train) + len(test) == len(src)
+    assert info["test_videos"] == [1, 3] and info["train_videos"] == [0, 2]
+    # every 2nd frame of each training video, its last (unlabelled) frame never
+    assert datasets.labelled_subset(index, train, 2).tolist() == [0, 2, 4, 12, 14, 16]
+    with pytest.raises(ValueError, match=r"config.fold=5 is not a fold; folds \(held-out videos\): 0: \[1, 3\], 1: \[0, 2\]"):
+        datasets.fold_split(index, folds, 5)
+    with pytest.raises(ValueError, match=r"holds out videos \[7\], but the build holds none of them \(videos present: \[0, 1, 2, 3\]\)"):
+        datasets.fold_split(index, {0: (7,)}, 0)
+    with pytest.raises(ValueError, match="every video but"):
+        datasets.fold_split(index, {0: (0, 1, 2, 3)}, 0)
+
+
+def test_cross_dataset_evaluation_is_refused_before_any_build_without_a_shared_label_space(tmp_path):
+    from jaxsurg.config import base_config
+
+    c = base_config()
+    c.tfds_dir = str(tmp_path)  # nothing may be built there
+    c.test_dataset, c.task = "cholecseg8k", "parts"
+    with pytest.raises(ValueError, match="config.task='parts' is not a task of dataset 'cholecseg8k'"):
+        pipeline.load(c)
+    c.task = "binary"
+    with pytest.raises(ValueError, match="needs --config.test_data_dir"):
+        pipeline.load(c)
+    c.test_dataset = "nowhere"
+    with pytest.raises(ValueError, match="config.test_dataset='nowhere' is unknown"):
+        pipeline.load(c)
+    assert not list(tmp_path.iterdir())
+
+
+def test_builder_config_carries_the_label_map_of_a_labelme_dataset():
+    from jaxsurg.config import base_config
+
+    c = base_config()
+    assert pipeline.builder_config_name(c) == "default"
+    c.dataset, c.label_map = "labelme", "grasper:instrument hook:instrument"
+    assert pipeline.builder_config_name(c) == "default:label_map=grasper:instrument hook:instrument"
+    assert pipeline.builder_config_name(c, "cholecseg8k") is None
+    c.label_map = ""
+    assert pipeline.builder_config_name(c) is None

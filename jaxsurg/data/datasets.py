@@ -4,9 +4,19 @@
 ``cholecseg8k`` (needs ``config.data_dir``, the folder holding the official layout) and
 ``surgical_video`` (unlabelled; training data for self-supervised stages only).
 
-Splits: ``synthetic`` has separate train and test clips. CholecSeg8k clips are split in
-time inside each video: the first ``train_fraction`` (2/3) of the frames train, the rest
-test, so that no test frame is a near-copy of a training frame.
+Splits (``DatasetSpec.split_mode``):
+
+- ``builder``: the dataset's own train and test splits (synthetic clips, m2caiSeg,
+  EndoVis 2015 key points);
+- ``temporal``: each video split in time, the first ``train_fraction`` (2/3) of its frames
+  train, the rest test, so that no test frame is a near-copy of a training frame
+  (CholecSeg8k, LabelMe folders);
+- ``folds``: cross-validation over whole videos (EndoVis 2017: ``config.fold`` 0..3 holds
+  out the videos of the builder module's ``FOLDS``; -1 trains on every training video and
+  tests on the released test set).
+
+``config.test_dataset`` replaces the test part by every labelled frame of another dataset
+with the same task (cross-dataset / cross-video evaluation, ``other_test_rows``).
 """
 
 from __future__ import annotations
@@ -52,17 +62,33 @@ DATASETS: dict[str, DatasetSpec] = {
     "surgical_video": DatasetSpec(
         "surgical_video", "jaxsurg.data.builders.surgical_video", "builder", True, label_files="none (unlabelled video)",
     ),
+    "endovis17": DatasetSpec(
+        "endovis17", "jaxsurg.data.builders.endovis17", "folds", True, (256, 320),
+        label_files="ground_truth/<Instrument>_labels/frameNNN.png of each instrument_dataset_K",
+    ),
+    "endovis15_keypoints": DatasetSpec(
+        "endovis15_keypoints", "jaxsurg.data.builders.endovis15_keypoints", "builder", True, (288, 352),
+        label_files="Du et al.'s train{1..4}_labels.json / test{1..6}_labels.json key-point files",
+    ),
+    "m2caiseg": DatasetSpec(
+        "m2caiseg", "jaxsurg.data.builders.m2caiseg", "builder", True, (192, 352),
+        label_files="groundtruth/N_gt.png beside images/N.jpg in train/ and test/",
+    ),
+    "labelme": DatasetSpec(
+        "labelme", "jaxsurg.data.builders.labelme", "temporal", True, (192, 352),
+        label_files="LabelMe JSON files (polygons) beside the frames",
+    ),
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """The spec of ``config.dataset`` = ``name``.
+def get_spec(name: str, key: str = "config.dataset") -> DatasetSpec:
+    """The spec of ``config.dataset`` (or another config ``key``) = ``name``.
 
     Raises:
       ValueError: for an unknown name, listing the known ones.
     """
     if name not in DATASETS:
-        raise ValueError(f"config.dataset={name!r} is unknown; known datasets: {sorted(DATASETS)}")
+        raise ValueError(f"{key}={name!r} is unknown; known datasets: {sorted(DATASETS)}")
     return DATASETS[name]
 
 
@@ -143,6 +169,40 @@ def temporal_split(index: RecordIndex, train_fraction: float) -> tuple[np.ndarra
         }
     info = {"mode": "temporal", "train_fraction": train_fraction, "videos": described}
     return np.concatenate(train), np.concatenate(test), info
+
+
+def fold_split(index: RecordIndex, folds: dict[int, Sequence[int]], fold: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Cross-validation over videos: the records of fold ``fold``'s held-out videos test,
+    every other record trains.
+
+    Args:
+      index: the training split's records. folds: fold → held-out ``video_id`` s.
+      fold: 0 … len(folds) − 1.
+
+    Returns:
+      (train record indices, test record indices, description for summary.json).
+
+    Raises:
+      ValueError: an unknown fold (the message lists the folds and their videos), or a fold
+        whose held-out videos or whose training videos are all missing from the build.
+    """
+    if fold not in folds:
+        listed = ", ".join(f"{k}: {list(v)}" for k, v in sorted(folds.items()))
+        raise ValueError(f"config.fold={fold} is not a fold; folds (held-out videos): {listed}, or -1 for the released test set")
+    held_out = np.isin(index.video_id, np.asarray(folds[fold]))
+    present = sorted(set(index.video_id.tolist()))
+    if not held_out.any() or held_out.all():
+        part = "none of" if not held_out.any() else "every video but"
+        raise ValueError(
+            f"config.fold={fold} holds out videos {list(folds[fold])}, but the build holds {part} them "
+            f"(videos present: {present}); fold cross-validation needs the full training set"
+        )
+    train, test = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    info = {
+        "mode": "fold", "fold": fold, "test_videos": sorted(set(index.video_id[test].tolist())),
+        "train_videos": sorted(set(index.video_id[train].tolist())),
+    }
+    return train, test, info
 
 
 def labelled_subset(index: RecordIndex, rows: np.ndarray, label_interval: int) -> np.ndarray:

@@ -17,6 +17,7 @@ A training batch is a dict, leading axis the global batch B (and T for clips,
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -63,69 +64,138 @@ class LoadedDataset:
     build: str = ""
 
 
-def builder_config_name(config: Any) -> str | None:
-    """The TFDS builder config used for ``config.dataset`` (the synthetic data follows the
-    variant: ``tiny`` for ``variant=tiny``, else ``default``)."""
-    if config.dataset == "synthetic":
+def builder_config_name(config: Any, dataset: str | None = None) -> str | None:
+    """The TFDS builder config read for ``dataset`` (default ``config.dataset``): the
+    synthetic data follows the variant (``tiny`` for ``variant=tiny``, else ``default``);
+    a LabelMe build carries ``config.label_map``; None = the builder's default."""
+    dataset = dataset or config.dataset
+    if dataset == "synthetic":
         return "tiny" if config.variant == "tiny" else "default"
+    if dataset == "labelme" and config.get("label_map"):
+        return f"default:label_map={config.label_map}"
     return None
 
 
-def load(config: Any, build: str = "") -> LoadedDataset:
-    """Builds ``config.dataset`` if needed and selects its train and test frames.
-
-    ``build``: the TFDS builder config to read ("" = ``builder_config_name(config)``, the
-    dataset's default), e.g. the synthetic "related" build of other scenes.
-
-    Raises:
-      ValueError: unknown dataset or task, missing ``config.data_dir`` where needed, no
-        labelled frame in the training or the test part (the message names the files
-        labels are read from).
-      FileNotFoundError: from the builders, for a missing or empty manual dir.
-    """
+def _prepare(config: Any, dataset: str, data_dir: str, build: str = ""):
+    """The built ``dataset`` (built on process 0 first when there are several processes)."""
     from jaxsurg.data import builders  # heavy import (TFDS), deferred
 
-    spec = datasets.get_spec(config.dataset)
-    class_names = datasets.task_classes(config.dataset, config.task)
-    if spec.needs_manual_dir and not config.data_dir:
-        raise ValueError(f"config.dataset={config.dataset!r} needs --config.data_dir=<folder with the raw files>")
+    spec = datasets.get_spec(dataset)
+
     def prepare():
         return builders.prepare(
-            spec.builder,
-            data_dir=config.tfds_dir or datasets.default_tfds_dir(),
-            manual_dir=config.data_dir or None,
-            config=build or builder_config_name(config),
+            spec.builder, data_dir=config.tfds_dir or datasets.default_tfds_dir(), manual_dir=data_dir or None,
+            config=build or builder_config_name(config, dataset),
         )
 
     if jax.process_count() > 1:  # process 0 builds; the others wait, then find it built
         from jax.experimental import multihost_utils
 
         builder = prepare() if jax.process_index() == 0 else None
-        multihost_utils.sync_global_devices("jaxsurg: dataset built")
-        if builder is None:
-            builder = prepare()
-    else:
-        builder = prepare()
+        multihost_utils.sync_global_devices(f"jaxsurg: dataset {dataset} built")
+        return builder if builder is not None else prepare()
+    return prepare()
+
+
+def _data_source(builder, split: str, dataset: str, data_dir: str, why: str) -> Sequence[dict]:
+    """``builder``'s split ``split``.
+
+    Raises:
+      ValueError: the build has no such split (the message says ``why`` it is needed).
+    """
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"dataset {dataset!r} (data_dir={data_dir!r}) has no {split!r} split, which {why}; its splits: "
+            f"{sorted(builder.info.splits)}"
+        )
+    return builder.as_data_source(split=split)
+
+
+def other_test_rows(config: Any, class_names: tuple[str, ...]) -> tuple[Sequence[dict], datasets.RecordIndex, np.ndarray, dict, str]:
+    """Cross-dataset evaluation: the labelled frames of ``config.test_dataset``.
+
+    Every record of its ``test`` split where it has its own (``builder`` split mode), else
+    of its one stored split (a LabelMe folder, a CholecSeg8k video: the whole video is
+    unseen).
+
+    Returns:
+      (source, its index, labelled record indices, description, build name).
+
+    Raises:
+      ValueError: an unknown test dataset, one without ``config.task`` or whose classes
+        of the task differ from ``class_names`` (both lists given), a missing
+        ``config.test_data_dir``, or no labelled frame.
+    """
+    name, data_dir = config.test_dataset, config.test_data_dir
+    spec = datasets.get_spec(name, "config.test_dataset")
+    theirs = datasets.task_classes(name, config.task)
+    if tuple(theirs) != tuple(class_names):
+        raise ValueError(
+            f"config.test_dataset={name!r}: its task {config.task!r} has classes {list(theirs)}, but "
+            f"{config.dataset!r}'s has {list(class_names)}; cross-dataset evaluation needs one label space"
+        )
+    if spec.needs_manual_dir and not data_dir:
+        raise ValueError(f"config.test_dataset={name!r} needs --config.test_data_dir=<folder with its raw files>")
+    builder = _prepare(config, name, data_dir)
+    split = "test" if spec.split_mode == "builder" else "train"
+    source = _data_source(builder, split, name, data_dir, "cross-dataset evaluation reads")
+    index = datasets.RecordIndex.read(source)
+    rows = np.flatnonzero(index.has_label)
+    if not len(rows):
+        raise ValueError(f"config.test_dataset={name!r} (test_data_dir={data_dir!r}): no labelled frame; labels are read from {spec.label_files}")
+    info = {"mode": "other dataset", "test_dataset": name, "test_data_dir": data_dir, "split": split, "videos": sorted(set(index.video_name))}
+    return source, index, rows, info, f"{builder.name}/{builder.builder_config.name}/{builder.version}"
+
+
+def load(config: Any, build: str = "") -> LoadedDataset:
+    """Builds ``config.dataset`` if needed and selects its train and test frames.
+
+    ``build``: the TFDS builder config to read ("" = ``builder_config_name(config)``, the
+    dataset's default), e.g. the synthetic "related" build of other scenes. With
+    ``config.test_dataset`` set, the test frames come from that dataset instead
+    (``other_test_rows``).
+
+    Raises:
+      ValueError: unknown dataset, task or fold, missing ``config.data_dir`` where needed,
+        no labelled frame in the training or the test part (the message names the files
+        labels are read from), a missing split (``fold=-1`` without the released test set).
+      FileNotFoundError: from the builders, for a missing or empty manual dir.
+    """
+    spec = datasets.get_spec(config.dataset)
+    class_names = datasets.task_classes(config.dataset, config.task)
+    if spec.needs_manual_dir and not config.data_dir:
+        raise ValueError(f"config.dataset={config.dataset!r} needs --config.data_dir=<folder with the raw files>")
+    if config.get("test_dataset"):  # its label space before any build
+        test_spec = datasets.get_spec(config.test_dataset, "config.test_dataset")
+        datasets.task_classes(config.test_dataset, config.task)
+        if test_spec.needs_manual_dir and not config.test_data_dir:
+            raise ValueError(f"config.test_dataset={config.test_dataset!r} needs --config.test_data_dir=<folder with its raw files>")
+    builder = _prepare(config, config.dataset, config.data_dir, build)
+    fold = config.get("fold", 0)
+    train_source = builder.as_data_source(split="train")
+    index = datasets.RecordIndex.read(train_source)
     if spec.split_mode == "temporal":
-        source = builder.as_data_source(split="train")
-        train_source = test_source = source
-        index = test_index = datasets.RecordIndex.read(source)
+        test_source, test_index = train_source, index
         train_rows, test_rows, split_info = datasets.temporal_split(index, config.train_fraction)
+        parts = {"training": f"the first {config.train_fraction:.3g} of each video", "test": f"the last {1 - config.train_fraction:.3g} of each video"}
+    elif spec.split_mode == "folds" and fold >= 0:
+        test_source, test_index = train_source, index
+        folds = importlib.import_module(spec.module).FOLDS
+        train_rows, test_rows, split_info = datasets.fold_split(index, folds, fold)
+        parts = {"training": f"the videos outside fold {fold}", "test": f"the held-out videos {list(folds[fold])} of fold {fold}"}
     else:
-        train_source = builder.as_data_source(split="train")
-        test_source = builder.as_data_source(split="test")
-        index = datasets.RecordIndex.read(train_source)
+        why = "config.fold=-1 (the released test set) reads" if spec.split_mode == "folds" else "evaluation reads"
+        test_source = _data_source(builder, "test", config.dataset, config.data_dir, why)
         test_index = datasets.RecordIndex.read(test_source)
         train_rows, test_rows = np.arange(len(train_source)), np.arange(len(test_source))
         split_info = {"mode": "clips", "train": "train split", "test": "test split"}
+        parts = {"training": "the train split", "test": "the test split"}
     train_all_rows = train_rows
     train_rows = datasets.labelled_subset(index, train_rows, config.label_interval)
     test_rows = test_rows[test_index.has_label[test_rows]]
-    temporal = spec.split_mode == "temporal"
-    parts = {
-        "training": f"the first {config.train_fraction:.3g} of each video" if temporal else "the train split",
-        "test": f"the last {1 - config.train_fraction:.3g} of each video" if temporal else "the test split",
-    }
+    if config.get("test_dataset"):
+        test_source, test_index, test_rows, split_info["test"], test_build = other_test_rows(config, class_names)
+        split_info["test_build"] = test_build
     for part, rows in (("training", train_rows), ("test", test_rows)):
         if not len(rows):
             every = f" with label_interval={config.label_interval}" if part == "training" else ""

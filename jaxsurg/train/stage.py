@@ -32,7 +32,11 @@ from jaxsurg.progress import say
 from jaxsurg.train import checkpoint, loop
 
 # Settings every stage's outputs depend on: a source run that differs in one is refused.
-DATA_KEYS = ("method", "dataset", "data_dir", "task", "resize", "label_interval", "train_fraction", "seed")
+DATA_KEYS = ("method", "dataset", "data_dir", "label_map", "task", "resize", "label_interval", "train_fraction", "fold", "seed")
+# Settings only the evaluation depends on: compared by the workdir's record (a run with
+# another value is refused there, or with --resume keeps its stages and evaluates again) and
+# by no stage, so that a cross-dataset evaluation reuses a finished run's stages.
+EVAL_KEYS = ("test_dataset", "test_data_dir")
 # The top-level keys of the main stage's block (``jaxsurg.config.STAGE_FIELDS``).
 MAIN_STAGE = tuple(STAGE_FIELDS)
 # Leaves that never change a result (compared nowhere).

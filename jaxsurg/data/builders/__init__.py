@@ -2,7 +2,11 @@
 
 - ``synthetic_surgery``: rendered clips, the embedded default dataset (no input files);
 - ``cholecseg8k``: CholecSeg8k from a manual dir (official layout at any depth);
-- ``surgical_video``: unlabelled videos or frame folders from a manual dir.
+- ``surgical_video``: unlabelled videos or frame folders from a manual dir;
+- ``endovis17``: EndoVis 2017 Robotic Instrument Segmentation (training and test layouts);
+- ``endovis15_keypoints``: EndoVis 2015 tracking frames with Du et al.'s key points;
+- ``m2caiseg``: m2caiSeg (19 classes and Laparoflow-SSL's 4);
+- ``labelme``: a user's own frames annotated with LabelMe polygons.
 
 All share one feature schema (see ``jaxsurg.data.builders.common``). Use ``prepare`` to
 get a built dataset::
@@ -27,6 +31,10 @@ BUILDERS: dict[str, tuple[str, str]] = {
     "synthetic_surgery": ("jaxsurg.data.builders.synthetic_surgery", "SyntheticSurgery"),
     "cholecseg8k": ("jaxsurg.data.builders.cholecseg8k", "Cholecseg8k"),
     "surgical_video": ("jaxsurg.data.builders.surgical_video", "SurgicalVideo"),
+    "endovis17": ("jaxsurg.data.builders.endovis17", "Endovis17"),
+    "endovis15_keypoints": ("jaxsurg.data.builders.endovis15_keypoints", "Endovis15Keypoints"),
+    "m2caiseg": ("jaxsurg.data.builders.m2caiseg", "M2caiseg"),
+    "labelme": ("jaxsurg.data.builders.labelme", "Labelme"),
 }
 
 

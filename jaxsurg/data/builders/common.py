@@ -199,6 +199,22 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header only (cheap).
+
+    Raises:
+      ValueError: if the file is not a readable image (the message names it).
+    """
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    try:
+        with Image.open(os.fspath(path)) as image:
+            width, height = image.size
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {os.fspath(path)!r}: unreadable or corrupt file ({e})") from None
+    return height, width
+
+
 def manual_dir(dl_manager: tfds.download.DownloadManager, instructions: str) -> str:
     """The manual dir of a build, checked to exist.
 
