@@ -63,7 +63,7 @@ def keypoint_stage(config, workdir, data, backbone_vars, mesh) -> dict[str, Any]
     k = config.keypoints
     if not k.enabled or "keypoints" not in data.train_source[0]:
         return None
-    rows = choose_labelled(data.train_all_rows, k.num_labelled, config.seed + 1)
+    rows = choose_labelled(keypoint_rows(data), k.num_labelled, config.seed + 1)
     model, state = init_downstream(config, KeypointHead(), backbone_vars, tuple(k.image_size), mesh, k)
     examples = pipeline.Frames(data.train_source, rows, config.task, ("image", "keypoints", "keypoints_visible"))
 
@@ -73,6 +73,15 @@ def keypoint_stage(config, workdir, data, backbone_vars, mesh) -> dict[str, Any]
     step = make_downstream_step(model, loss_fn, "heatmap", config.seed, mesh)
     state = stage.train("keypoints", k, config, workdir, state, step, examples, KeypointExample(tuple(k.image_size), k.sigma), mesh)
     return evaluate_keypoints(config, model, state, data, os.path.join(workdir, "eval"))
+
+
+def keypoint_rows(data) -> np.ndarray:
+    """The training records the key-point head may be trained on: every record of the
+    training part (whatever ``config.label_interval``) with ground truth (``has_label``;
+    on ``endovis15_keypoints``, which has no masks, the frames Du et al. annotated — its
+    other frames' empty key points are "not annotated", not "no instrument")."""
+    rows = np.asarray(data.train_all_rows)
+    return rows[data.train_index.has_label[rows]]
 
 
 def evaluate_keypoints(config, model, state, data, out_dir: str) -> dict[str, Any]:
