@@ -35,7 +35,6 @@ import re
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from jaxsurg.data.builders import common, integrity
 
@@ -228,20 +227,6 @@ def map_codes(codes: np.ndarray) -> dict[str, np.ndarray]:
     return {task: lut[codes] for task, lut in LUTS.items()}
 
 
-def _frame_size(path: str) -> tuple[int, int]:
-    """(H, W) of an image file from its header (cheap).
-
-    Raises:
-      ValueError: if the file is not a readable image (the message names it).
-    """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path!r}: unreadable or corrupt file ({e})") from None
-    return height, width
-
-
 def _clips(frames: list[Frame]) -> list[list[Frame]]:
     """Runs of consecutive frames (in storage order) of one video and one folder."""
     runs: list[list[Frame]] = []
@@ -261,9 +246,9 @@ def validate(frames: list[Frame]) -> None:
         different sizes (both files named).
     """
     for clip in _clips(frames):
-        first_size = _frame_size(clip[0].path)
+        first_size = common.image_size(clip[0].path)
         for f in clip:
-            size = _frame_size(f.path)
+            size = common.image_size(f.path)
             if size != first_size:
                 raise ValueError(f"frame {f.path!r} is {size[1]}×{size[0]} but {clip[0].path!r} of the same clip is {first_size[1]}×{first_size[0]}")
             if f.mask_path:
