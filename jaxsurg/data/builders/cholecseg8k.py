@@ -242,7 +242,7 @@ def validate(frames: list[Frame]) -> None:
     """Checks every frame header and every mask before the (long) flow computation.
 
     Raises:
-      ValueError: as ``read_codes`` and ``_frame_size``; frames of one clip folder with
+      ValueError: as ``read_codes`` and ``common.image_size``; frames of one clip folder with
         different sizes (both files named).
     """
     for clip in _clips(frames):
