@@ -176,16 +176,22 @@ def test_builds_both_splits_with_exact_keypoints(built):
 
 
 def test_keypoint_stage_reads_it(built):
-    """The key-point stage's data path: it trains on the annotated training frames only and
-    scores the annotated test frames (``LoadedDataset`` as ``pipeline.load`` makes it)."""
+    """Laparoflow-SSL's key-point stage on it beside another segmentation dataset
+    (``config.keypoints.dataset``): it trains on the annotated training frames only and
+    scores the annotated test frames."""
+    from jaxsurg.configs import laparoflow as laparoflow_config
     from jaxsurg.methods.laparoflow import keypoint_stage
 
     builder = built[2]
     train, test = builder.as_data_source("train"), builder.as_data_source("test")
-    index, test_index = datasets.RecordIndex.read(train), datasets.RecordIndex.read(test)
-    data = pipeline.LoadedDataset(
-        train, test, index, np.flatnonzero(index.has_label), np.flatnonzero(test_index.has_label), (), {}, np.arange(len(train)),
-    )
+    config = laparoflow_config.get_config("variant=tiny")
+    config.tfds_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.fspath(builder.data_path))))
+    config.keypoints.dataset = "endovis15_keypoints"
+    with pytest.raises(ValueError, match="needs --config.keypoints.data_dir"):
+        keypoint_stage.keypoint_data(config)
+    config.keypoints.data_dir = built[0]
+    data = keypoint_stage.keypoint_data(config)
+    assert data.class_names == () and data.build.startswith("endovis15_keypoints/")
     rows = keypoint_stage.keypoint_rows(data)
     np.testing.assert_array_equal(rows, [0, 2, 4, 5])
     keys = ("image", "keypoints", "keypoints_visible")

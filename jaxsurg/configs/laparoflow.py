@@ -145,7 +145,9 @@ def get_config(arg=None):
     )
     c.keypoints = stage_block(
         dict(
-            enabled=True,  # runs where the dataset has key points (synthetic)
+            enabled=True,  # runs where the dataset has key points (synthetic), or on keypoints.dataset
+            dataset="",  # key-point dataset beside the segmentation one (the paper: endovis15_keypoints); "" = config.dataset
+            data_dir="",  # raw files of keypoints.dataset
             num_labelled=16,  # frames with key points for the key-point head, chosen by config.seed
             image_size=(128, 128),  # (H, W) key-point training crops
             sigma=3.0,  # px, Gaussian targets at the training resolution

@@ -162,7 +162,7 @@ def load(config: Any, build: str = "") -> LoadedDataset:
       FileNotFoundError: from the builders, for a missing or empty manual dir.
     """
     spec = datasets.get_spec(config.dataset)
-    class_names = datasets.task_classes(config.dataset, config.task)
+    class_names = datasets.task_classes(config.dataset, config.task) if config.task else ()  # "" = key points only
     if spec.needs_manual_dir and not config.data_dir:
         raise ValueError(f"config.dataset={config.dataset!r} needs --config.data_dir=<folder with the raw files>")
     if config.get("test_dataset"):  # its label space before any build

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsurg import evaluate, inference, visualize
-from jaxsurg.data import pipeline
+from jaxsurg.data import datasets, pipeline
 from jaxsurg.methods.laparoflow import keypoints as kp
 from jaxsurg.methods.laparoflow.finetune import BackboneWithHead, choose_labelled, init_downstream, make_downstream_step
 from jaxsurg.methods.laparoflow.heads import KeypointHead
@@ -61,7 +61,11 @@ def keypoint_stage(config, workdir, data, backbone_vars, mesh) -> dict[str, Any]
     2018: a true positive lies within ``match_radius`` px at 256×256); returns the scores
     written to ``eval/keypoints.json`` (None when the dataset has no key points)."""
     k = config.keypoints
-    if not k.enabled or "keypoints" not in data.train_source[0]:
+    if not k.enabled:
+        return None
+    if k.dataset:
+        data = keypoint_data(config)
+    elif "keypoints" not in data.train_source[0]:
         return None
     rows = choose_labelled(keypoint_rows(data), k.num_labelled, config.seed + 1)
     model, state = init_downstream(config, KeypointHead(), backbone_vars, tuple(k.image_size), mesh, k)
@@ -73,6 +77,27 @@ def keypoint_stage(config, workdir, data, backbone_vars, mesh) -> dict[str, Any]
     step = make_downstream_step(model, loss_fn, "heatmap", config.seed, mesh)
     state = stage.train("keypoints", k, config, workdir, state, step, examples, KeypointExample(tuple(k.image_size), k.sigma), mesh)
     return evaluate_keypoints(config, model, state, data, os.path.join(workdir, "eval"))
+
+
+def keypoint_data(config) -> pipeline.LoadedDataset:
+    """The key-point dataset ``config.keypoints.dataset`` (the paper's EndoVis 2015 with Du et
+    al.'s key points, ``endovis15_keypoints``, beside the segmentation dataset): its train
+    split trains the head, its annotated test frames score it.
+
+    Raises:
+      ValueError: a dataset without key points, or one that needs
+        ``config.keypoints.data_dir`` when it is empty.
+    """
+    k = config.keypoints
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.dataset, c.data_dir, c.task, c.label_interval, c.test_dataset, c.resize = k.dataset, k.data_dir, "", 1, "", None
+    if datasets.get_spec(k.dataset, "config.keypoints.dataset").needs_manual_dir and not k.data_dir:
+        raise ValueError(f"config.keypoints.dataset={k.dataset!r} needs --config.keypoints.data_dir=<folder with its raw files>")
+    data = pipeline.load(c)
+    if "keypoints" not in data.train_source[0]:
+        raise ValueError(f"config.keypoints.dataset={k.dataset!r} has no key points; datasets with key points: synthetic, endovis15_keypoints")
+    return data
 
 
 def keypoint_rows(data) -> np.ndarray:
