@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     try:
-        spec = f"{cli.config_path(args.config.partition(':')[0])}{':' if ':' in args.config else ''}{args.config.partition(':')[2]}"
+        spec = f"{os.path.abspath(cli.config_path(args.config.partition(':')[0]))}{':' if ':' in args.config else ''}{args.config.partition(':')[2]}"
         cells = make_cells(spec, args.shared, args.grid)
         for cell in cells:  # every cell's config, before anything runs
             cell.config()

@@ -9,13 +9,14 @@ import ml_collections
 from jaxsurg.config import check_size
 
 STRIDE = 4  # SegFormer's representation grid: 1/4 of the input
-TASK_FOR_DATASET = {"synthetic": "binary", "cholecseg8k": "laparoflow4"}
+# The paper's 4 classes where the dataset has them (CholecSeg8k, m2caiSeg), else instrument vs background.
+TASK_FOR_DATASET = {"synthetic": "binary", "cholecseg8k": "laparoflow4", "m2caiseg": "laparoflow4", "endovis17": "binary", "labelme": "binary"}
 LOSSES = ("flow", "flow_only", "view", "flow+view")
 
 
 def resolve_task(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``task = "auto"`` → the binary task on synthetic data, the paper's 4 classes on
-    CholecSeg8k; checks the loss, the baseline and the frame sizes (multiples of
+    """``task = "auto"`` → ``TASK_FOR_DATASET``: the paper's 4 classes on CholecSeg8k and
+    m2caiSeg, instrument vs background elsewhere; checks the loss, the baseline and the frame sizes (multiples of
     ``STRIDE``). Returns a copy.
 
     Raises:
