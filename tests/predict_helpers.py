@@ -23,9 +23,20 @@ def reload_and_score(workdir, tfds_dir, out_dir, frames=None, num_frames=None):
         data = pipeline.load(config)
         frames, num_frames = pipeline.test_frames(config, data), len(data.test_rows)
     classes = jax.jit(model.classes)
+    window: list[np.ndarray] = []
+
+    def on_clips(images):
+        """A clip model (Dual MF★) sees each frame as the last of the ``clip_length`` latest
+        frames in time order, the first frame repeated at the start (as predict and the run's
+        evaluation)."""
+        clips = []
+        for im in images:
+            window[:] = (window or [im] * model.clip_length)[1:] + [im]
+            clips.append(np.stack(window))
+        return np.stack(clips)
 
     def predict(images):
-        out = np.asarray(classes(model.variables, images))
+        out = np.asarray(classes(model.variables, on_clips(images) if model.clip_length > 1 else images))
         return np.stack([model.postprocess(c) for c in out]) if model.postprocess is not None else out
 
     again = evaluate.evaluate_segmentation(

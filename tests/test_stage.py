@@ -167,3 +167,12 @@ def test_stage_train_runs_a_block_and_skips_when_complete(tmp_path):
     with stage.timed(seconds, "x"):
         pass
     assert seconds["x"] >= 0.0 and stage.rounded({"x": 1.23456}) == {"x": 1.235}
+
+
+def test_values_a_stage_declares_the_same_are_compared_as_one():
+    specs = (stage.StageSpec("g", ("g",)), stage.StageSpec("seg", ("arm",), same=(("arm", (("dual_star", "dual"),)),)), stage.StageSpec("lstm", ("lstm",)))
+    theirs, ours = {"g": 1, "arm": "dual", "lstm": 2}, {"g": 1, "arm": "dual_star", "lstm": 2}
+    differ = dict((s.name, d) for s, d in stage.stage_differences(theirs, ours, specs))
+    assert differ["g"] == {} and differ["seg"] == {}  # the same U-Net11 stage for both arms
+    assert differ["lstm"] == {"arm": ("dual", "dual_star")}  # later stages compare the arm as it is
+    assert dict((s.name, d) for s, d in stage.stage_differences(theirs, {**ours, "arm": "single"}, specs))["seg"] == {"arm": ("dual", "single")}

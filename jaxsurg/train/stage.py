@@ -59,10 +59,23 @@ def changes_no_result(key: str) -> bool:
 class StageSpec:
     """A stage's name (its folder under the workdir) and the config keys, beyond
     ``DATA_KEYS``, its outputs depend on: top-level keys or block names (all of a block's
-    leaves), ``MAIN_STAGE`` for the main stage's top-level block."""
+    leaves), ``MAIN_STAGE`` for the main stage's top-level block.
+
+    ``same``: values of a key that make the same stage, as ``((key, ((value, as), ...)),
+    ...)``: compared as ``as`` for this stage only (Dual MF★'s arm trains Dual MF's U-Net11
+    in its ``segment`` stage, so ``segment='dual_convlstm'`` is ``'dual'`` there)."""
 
     name: str
     keys: tuple[str, ...] = ()
+    same: tuple[tuple[str, tuple[tuple[Any, Any], ...]], ...] = ()
+
+    def compared(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """``flat`` (selected settings) with ``same``'s values replaced."""
+        out = dict(flat)
+        for key, pairs in self.same:
+            if key in out:
+                out[key] = dict(pairs).get(out[key], out[key])
+        return out
 
 
 def loop_config(name: str, block: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> loop.LoopConfig:
@@ -191,7 +204,7 @@ def stage_differences(
     out, upstream = [], list(DATA_KEYS)
     for spec in stages:
         upstream += list(spec.keys)
-        out.append((spec, _differences(_select(theirs, upstream), _select(ours, upstream))))
+        out.append((spec, _differences(spec.compared(_select(theirs, upstream)), spec.compared(_select(ours, upstream)))))
     return out
 
 

@@ -4,16 +4,23 @@ trains it: an SDC-Net-style encoder–decoder.
 Sources:
   - Zhao et al., "Learning Motion Flows for Semi-supervised Instrument Segmentation from
     Robotic Surgical Video" (Dual Motion Flow, MICCAI 2020), Sec. 2.1, Eq. (1):
-    F̂_{t→t+1} = G(I_{t0:t}, F_{t0+1:t}), Î_{t+1} = T(I_t, F̂_{t→t+1}); Eq. (3):
-    L_Pred = λ1·L1 + λp·Lp + λs·Ls with Ls = ‖∇F̂‖₁.
+    F̂_{t→t+1} = G(I_{t0:t+1}, F_{t0+1:t+1}), Î_{t+1} = T(I_t, F̂_{t→t+1}) — G sees the
+    frame it moves into and the optical flow into it ("a video reconstruction task";
+    joint propagation leaves "the original data I_{t+1} merely for motion flow
+    generation"), as the authors' code, whose SDC-Net takes I_{t−1}, I_t, I_{t+1} and the
+    flows between them: ``inputs='reconstruct'``, the default. The sentence under Eq. (1)
+    says "with the input I_{t0:t}": ``inputs='past'`` (SDC-Net's own video prediction, the
+    target unseen). Eq. (3): L_Pred = λ1·L1 + λp·Lp + λs·Ls with Ls = ‖∇F̂‖₁.
   - Reda et al., "SDC-Net: Video prediction using spatially-displaced convolution" (ECCV
     2018) and its public ``SDCNet2D`` (NVIDIA semantic-segmentation/sdcnet), which Dual MF's
     code adapts: 3 frames + 2 flows (13 channels), strided conv encoder, bilinear-upsampling
     decoder with skips, flows normalised as (f − mean)/(3·std) and de-normalised at the output.
 
-The network is ``MotionFlowPredictor``; stage 1 (``train_flow_predictor``) trains it on
-``Windows`` of 4 consecutive training frames, reversed in time at random (``TimeReverse``),
-with the loss of ``make_flow_predictor_step`` (weights ``config.G_LOSS_WEIGHTS``).
+The network is ``MotionFlowPredictor``; stage 1 (``train_flow_predictor``) first fixes its
+flow normalisation (``flow_statistics``: zero mean and the training flows' scale, stored in
+``WORKDIR/flow_predictor/flow_stats.json``), then trains it on ``Windows`` of 4
+consecutive training frames, reversed in time at random (``TimeReverse``), on the input of
+``g_inputs`` with the loss of ``make_flow_predictor_step`` (weights ``config.G_LOSS_WEIGHTS``).
 
 NHWC throughout; flows are (dx, dy) in pixels.
 """
@@ -21,6 +28,8 @@ NHWC throughout; flows are (dx, dy) in pixels.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -28,13 +37,14 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax import lax
 
 from jaxsurg.data import pipeline
 from jaxsurg.data.sequences import TrainSequence, Windows
 from jaxsurg.losses.perceptual import perceptual_loss, style_loss
 from jaxsurg.methods.dual_motion.compensator_network import LEAKY_SLOPE
-from jaxsurg.methods.dual_motion.config import G_LOSS_WEIGHTS
+from jaxsurg.methods.dual_motion.config import FLOW_STATS_MODES, G_INPUTS, G_LOSS_WEIGHTS
 from jaxsurg.methods.dual_motion.training import make_vgg
 from jaxsurg.methods.dual_motion.transform import warp_image
 from jaxsurg.models.layers import Conv2d
@@ -42,6 +52,7 @@ from jaxsurg.ops.resize import upsample_bilinear_2x
 from jaxsurg.train import stage
 from jaxsurg.train import step as step_lib
 from jaxsurg.train.state import TrainState, make_optimizer
+from jaxsurg.train.writers import write_json
 
 Array = jax.Array
 
@@ -71,10 +82,11 @@ class MotionFlowPredictor(nn.Module):
     ``apply({'params': p}, frames, flows)``:
 
       frames: (B, T, H, W, 3) float RGB in [0, 1], oldest first (T = num_frames; for T = 3:
-        I_{t−2}, I_{t−1}, I_t). H and W multiples of 64.
+        I_{t−2}, I_{t−1}, I_t, or with the target frame, I_{t−1}, I_t, I_{t+1}: see
+        ``g_inputs``). H and W multiples of 64.
       flows: (B, T − 1, H, W, 2) float, (dx, dy) in pixels, the optical flow of each
-        consecutive pair in the same time order (for T = 3: between I_{t−2}, I_{t−1} and
-        between I_{t−1}, I_t). The network learns whichever direction convention the training
+        consecutive pair in the same time order (for T = 3: between frames 0, 1 and
+        between frames 1, 2). The network learns whichever direction convention the training
         loss fixes; pass flows of the direction the predicted flow is used in (SDC-Net's
         code feeds FlowNet2 the pair (I_{k+1}, I_k), i.e. backward flows, and samples I_t at
         x + F̂(x); the paper writes a forward warp with F̂_{t→t+1}).
@@ -84,7 +96,8 @@ class MotionFlowPredictor(nn.Module):
     Input normalisation (inside, as SDC-Net's ``network_output``):
       - flows: (f − mean) / (3·std) per component; the output is de-normalised as
         3·std·y + mean. ``flow_mean``/``flow_std`` are dataset constants (defaults: SDC-Net's
-        buffers, ``SDC_FLOW_MEAN``/``SDC_FLOW_STD``); set either to None to use per-example
+        buffers, ``SDC_FLOW_MEAN``/``SDC_FLOW_STD``; stage 1 passes the training set's,
+        ``flow_statistics``, with a zero mean); set either to None to use per-example
         statistics instead (mean / std per component over the T − 1 flows and all pixels,
         std floored at 1e-3 px, no gradient through them).
       - frames: minus the per-example, per-channel mean over all T frames and pixels (the
@@ -118,8 +131,9 @@ class MotionFlowPredictor(nn.Module):
     biases and the ×3·std de-normalisation, a fresh G predicts flows of tens of pixels (about
     30 px mean magnitude at 128×192 with b = 16 and SDC-Net's constants), which a short
     training does not undo; ``output_init='zero'`` zero-initialises ``final_flow`` instead, so
-    training starts from F̂ = the flow mean (≈ 1.5 px with SDC-Net's constants; the mean of
-    the input flows with per-example statistics), i.e. near zero motion.
+    training starts from F̂ = ``flow_mean`` everywhere: exactly zero motion, in either time
+    direction, with stage 1's zero-mean constants (with SDC-Net's it would be (−0.94, −1.23)
+    px per step, whichever way in time; with per-example statistics the input flows' mean).
 
     Raises:
       ValueError: frames not (B, num_frames, H, W, 3), flows not (B, num_frames − 1, H, W, 2),
@@ -215,24 +229,143 @@ def gradient_l1(x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class TimeReverse(grain.transforms.RandomMap):
-    """With probability ``p`` reverses a window in time (frames reversed, flows = the
-    backward flows in reversed order); returns ``{"frames", "flows"}``."""
+    """With probability ``p`` reverses a ``Windows`` window in time. Returns ``{"frames":
+    uint8 (4, H, W, 3), "flows": float32 (3, H, W, 2)}``, the flows F_{i→i+1} between
+    consecutive frames in the window's (possibly reversed) time order, and with ``back``
+    also ``"back"``: F_{i+1→i}, each pair's flow pointing back in that order (reversed: the
+    forward flows in reversed order, and the other way round)."""
 
     p: float = 0.5
+    back: bool = False
 
     def random_map(self, element, rng):
         if rng.random() < self.p:
-            return {"frames": element["frames"][::-1].copy(), "flows": element["bwd"][::-1].copy()}
-        return {"frames": element["frames"], "flows": element["fwd"]}
+            out = {"frames": element["frames"][::-1].copy(), "flows": element["bwd"][::-1].copy()}
+            if self.back:
+                out["back"] = element["fwd"][::-1].copy()
+        else:
+            out = {"frames": element["frames"], "flows": element["fwd"]}
+            if self.back:
+                out["back"] = element["bwd"]
+        return out
 
 
-def build_flow_predictor(config: ml_collections.ConfigDict) -> MotionFlowPredictor:
+def needs_back_flows(inputs: str, warp: str) -> bool:
+    """Whether G's input holds flows pointing back in time: ``reconstruct`` with a backward warp."""
+    return inputs == "reconstruct" and warp == "backward"
+
+
+def g_inputs(frames: Array, flows: Array, back: Array | None, inputs: str, warp: str) -> tuple[Array, Array]:
+    """G's input for the step from a window's frame 2 to frame 3 (``flow_predictor.inputs``):
+
+      - ``past``: frames 0, 1, 2 and the flows F_{0→1}, F_{1→2} (the target frame unseen);
+      - ``reconstruct`` (Eq. 1: F̂_{t→t+1} = G(I_{t0:t+1}, F_{t0+1:t+1}); the authors' code
+        feeds its SDC-Net the target frame too): frames 1, 2, 3 and the flows of pairs
+        (1, 2), (2, 3) — F_{i→i+1} (``flows``) for a forward warp, F_{i+1→i} (``back``) for
+        a backward one, i.e. on the grid where T uses the predicted flow — so G sees
+        I_{t+1} and the optical flow into it, and refines that flow.
+
+    Args:
+      frames: (B, 4, H, W, 3) float, oldest first. flows, back: (B, 3, H, W, 2) float (dx,
+        dy) px, F_{i→i+1} and F_{i+1→i}; ``back`` may be None unless ``needs_back_flows``.
+
+    Returns:
+      (frames (B, 3, H, W, 3), flows (B, 2, H, W, 2)) for ``MotionFlowPredictor``.
+
+    Raises:
+      ValueError: an unknown ``inputs``, or ``back`` missing where it is needed.
+    """
+    if inputs == "past":
+        return frames[:, :3], flows[:, :2]
+    if inputs != "reconstruct":
+        raise ValueError(f"config.flow_predictor.inputs={inputs!r}; expected one of {G_INPUTS}")
+    if needs_back_flows(inputs, warp):
+        if back is None:
+            raise ValueError("reconstruct inputs with a backward warp need the flows pointing back (TimeReverse(back=True))")
+        return frames[:, 1:4], back[:, 1:3]
+    return frames[:, 1:4], flows[:, 1:3]
+
+
+# ----------------------------------------------------------------------------- flow statistics
+
+FLOW_STATS = "flow_stats.json"  # in WORKDIR/flow_predictor/
+
+
+def estimate_flow_statistics(seq: TrainSequence) -> dict[str, Any]:
+    """G's flow normalisation constants from the training set's optical flows.
+
+    G is trained on windows reversed in time at random and propagates labels both ways, so
+    the flows it sees are F_{n→n+1} and F_{n+1→n} alike: their mean is zero by symmetry,
+    and the constants are taken with a zero mean — a fresh G whose output layer is zero
+    (``output_init='zero'``) then predicts F̂ = 0 exactly in both time directions (SDC-Net's
+    constant mean, (−0.94, −1.23) px, is a forward-time driving-video statistic and would
+    push every step one way). The scale is the root mean square of each component over every
+    stored flow field of the training part: F_{n→n+1} (``seq.flow_fwd``, the dataset's)
+    for every frame with a successor in its video and F_{n→n−1} (``seq.flow_bwd``) for
+    every frame with a predecessor, floored at 1e-3 px.
+
+    Returns:
+      {"mean": [0.0, 0.0], "std": [σx, σy] px, "forward_mean": [mx, my] px (the mean of the
+      forward flows alone, for information), "flow_fields": how many fields were read}.
+    """
+    n = np.arange(len(seq))
+    fwd, bwd = n[n < seq.ends], n[n > seq.starts]
+    squares, forward_sum, count, forward_count = np.zeros(2), np.zeros(2), 0, 0
+    for rows, field, forward in ((fwd, seq.flow_fwd, True), (bwd, seq.flow_bwd, False)):
+        for r in rows:
+            f = np.asarray(field[r], np.float64).reshape(-1, 2)
+            squares += np.sum(f * f, axis=0)
+            count += f.shape[0]
+            if forward:
+                forward_sum += np.sum(f, axis=0)
+                forward_count += f.shape[0]
+    std = np.maximum(np.sqrt(squares / max(count, 1)), 1e-3)
+    forward_mean = forward_sum / max(forward_count, 1)
+    return {"mean": [0.0, 0.0], "std": [float(v) for v in std], "forward_mean": [float(v) for v in forward_mean],
+            "flow_fields": int(len(fwd) + len(bwd))}
+
+
+def flow_statistics(config: ml_collections.ConfigDict, seq: TrainSequence, workdir: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """G's (flow_mean, flow_std), each (dx, dy) px, by ``config.flow_predictor.flow_stats``:
+    'training' (``estimate_flow_statistics``, zero mean) or 'sdc' (SDC-Net's buffers, the
+    authors' code). Stored in ``WORKDIR/flow_predictor/flow_stats.json`` before G trains and
+    read back from there afterwards (a resumed run, the propagate stage of a later run, a
+    flow_predictor stage taken from another run), so G is always used with the constants
+    it was trained with.
+
+    Raises:
+      ValueError: an unknown ``flow_stats``.
+    """
+    mode = config.flow_predictor.flow_stats
+    if mode not in FLOW_STATS_MODES:
+        raise ValueError(f"config.flow_predictor.flow_stats={mode!r}; expected one of {FLOW_STATS_MODES}")
+    path = os.path.join(workdir, "flow_predictor", FLOW_STATS)
+    stats = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            stats = json.load(f)
+        if stats.get("flow_stats") != mode:
+            stats = None
+    if stats is None:
+        if mode == "sdc":
+            stats = {"mean": list(SDC_FLOW_MEAN), "std": list(SDC_FLOW_STD)}
+        else:
+            stats = estimate_flow_statistics(seq)
+        stats["flow_stats"] = mode
+        if jax.process_index() == 0:  # every process computes the same values from the same frames
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, stats)
+    return tuple(float(v) for v in stats["mean"]), tuple(float(v) for v in stats["std"])
+
+
+def build_flow_predictor(config: ml_collections.ConfigDict, flow_mean: tuple[float, float], flow_std: tuple[float, float]) -> MotionFlowPredictor:
+    """G for ``config.flow_predictor`` with the normalisation constants of ``flow_statistics``."""
     fp = config.flow_predictor
-    return MotionFlowPredictor(num_frames=3, base_features=fp.base_features, output_init=fp.output_init)
+    return MotionFlowPredictor(num_frames=3, base_features=fp.base_features, flow_mean=flow_mean, flow_std=flow_std, output_init=fp.output_init)
 
 
 def make_flow_predictor_step(model, config, vgg_model, vgg_params, mesh):
-    """The jitted step of G: Î_{t+1} = T(I_t, G(I_{t−2..t}, flows)), loss of Sec. 2.1."""
+    """The jitted step of G: Î_{t+1} = T(I_t, G(``g_inputs``)), loss of Sec. 2.1 (Eq. 3)."""
     fp = config.flow_predictor
     weights = G_LOSS_WEIGHTS[fp.weights]
     layers = tuple(fp.perceptual_layers)
@@ -240,10 +373,12 @@ def make_flow_predictor_step(model, config, vgg_model, vgg_params, mesh):
     def step(state, batch, vgg_params):
         frames = pipeline.images_to_float(batch["frames"])
         flows = batch["flows"].astype(jnp.float32)
+        back = batch["back"].astype(jnp.float32) if "back" in batch else None
         src, target = frames[:, 2], frames[:, 3]
+        g_frames, g_flows = g_inputs(frames, flows, back, fp.inputs, config.warp)
 
         def loss_fn(params):
-            flow = model.apply({"params": params}, frames[:, :3], flows[:, :2])
+            flow = model.apply({"params": params}, g_frames, g_flows)
             pred = warp_image(src, flow, config.warp)
             terms = {"l1": jnp.mean(jnp.abs(pred - target)), "smooth": gradient_l1(flow)}
             if weights["perceptual"] or weights["style"]:
@@ -267,14 +402,17 @@ def make_flow_predictor_step(model, config, vgg_model, vgg_params, mesh):
 
 
 def train_flow_predictor(config, workdir, seq: TrainSequence, mesh) -> tuple[MotionFlowPredictor, Any]:
-    """Stage 1; returns (G, its params)."""
+    """Stage 1: the flow statistics (``flow_statistics``), then G trained (or resumed, or
+    restored when complete) on ``Windows`` of the training frames, reversed in time with
+    probability ``flow_predictor.time_reverse_p``; returns (G, its params on the host)."""
     fp = config.flow_predictor
-    model = build_flow_predictor(config)
+    model = build_flow_predictor(config, *flow_statistics(config, seq, workdir))
     h, w = config.resize
     params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, 3, h, w, 3)), jnp.zeros((1, 2, h, w, 2)))["params"]
     tx, schedule = make_optimizer(fp)
     state = step_lib.put_replicated(TrainState.create(params, tx, schedule=schedule), mesh)
     vgg_model, vgg_params = make_vgg(config, tuple(fp.perceptual_layers))
     step = make_flow_predictor_step(model, config, vgg_model, vgg_params, mesh)
-    state = stage.train("flow_predictor", fp, config, workdir, state, step, Windows(seq), TimeReverse(fp.time_reverse_p), mesh)
+    reverse = TimeReverse(fp.time_reverse_p, back=needs_back_flows(fp.inputs, config.warp))
+    state = stage.train("flow_predictor", fp, config, workdir, state, step, Windows(seq), reverse, mesh)
     return model, jax.device_get(state.params)

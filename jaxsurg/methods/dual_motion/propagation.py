@@ -5,14 +5,16 @@ directions, for up to k = ``config.propagation_steps`` steps, and the frame and 
 are warped together (Eq. 1: Î_{t+1} = T(I_t, F̂_{t→t+1}); Eq. 2: L̂_{t+1} = T(L_t, F̂_{t→t+1})),
 so that the propagated label is paired with the propagated frame, never with the raw one:
 
-- ``history``: G's input at a position, in the direction of travel;
-- ``propagation_plan``: which labelled frame, direction and number of steps reach each
-  unlabelled frame (the nearest labelled frame);
+- ``history``: G's input at a position, in the direction of travel (``past`` frames, or
+  ``reconstruct``: the frame stepped into and its optical flow included, Eq. 1);
+- ``propagation_plan`` (from ``training_sets``): which labelled frame, direction and number
+  of steps reach each unlabelled frame (the nearest labelled frame);
 - ``make_motion_fn`` (G) and ``optical_flow_motion`` (the stored optical flow, an ablation
   of G): the motion models;
 - ``warp_pair``: one step (T(Î, F̂), T(L̂, F̂)); ``joint_propagation``: the chains of a plan;
-- ``propagation_quality``: D_R scored against the ground truth the run holds back (a
-  diagnostic, not in the paper); ``sequence_picture``: the rebuilt sequence (paper Fig. 3);
+- ``propagation_quality``: D_R scored against the ground truth the run holds back, beside
+  the copied label and the stored optical flow's propagation (a diagnostic, not in the
+  paper); ``sequence_picture``: the rebuilt sequence (paper Fig. 3);
 - ``propagate``: stage 2, writing ``propagate/d_r``, ``sequence.png`` and ``quality.json``;
   ``d_r_by_row`` reads D_R back by training row.
 """
@@ -35,46 +37,55 @@ from jaxsurg.data import datasets, generated, pipeline
 from jaxsurg.data.sequences import TrainSequence
 from jaxsurg.methods.dual_motion.flow_predictor import MotionFlowPredictor
 from jaxsurg.methods.dual_motion.training import _chunks
+from jaxsurg.methods.dual_motion.training_sets import propagation_plan  # D_R's rows, re-exported here
 from jaxsurg.methods.dual_motion.transform import warp_image, warp_labels
 from jaxsurg.train import stage
 from jaxsurg.train.writers import write_json
 
 
-def history(seq: TrainSequence, p: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """G's input at row ``p`` moving in direction ``d`` (+1 forward, −1 backward in time):
-    the raw frames at p − 2d, p − d, p (uint8 (3, H, W, 3), oldest first in the direction
-    of travel) and the flows between them in that direction (float32 (2, H, W, 2)). Rows
-    outside the video's training part are replaced by the nearest one, with zero flow."""
+def _travel_flow(seq: TrainSequence, q: int, d: int) -> np.ndarray:
+    """F_{q→q+d}: the flow from row q to its neighbour in direction d (on q's grid)."""
+    return seq.flow_fwd[q] if d > 0 else seq.flow_bwd[q]
+
+
+def _back_flow(seq: TrainSequence, q: int, d: int) -> np.ndarray:
+    """F_{q+d→q}: the flow from the neighbour in direction d back to row q (on q + d's grid)."""
+    return seq.flow_bwd[q + d] if d > 0 else seq.flow_fwd[q + d]
+
+
+def history(seq: TrainSequence, p: int, d: int, inputs: str = "past", warp: str = "forward") -> tuple[np.ndarray, np.ndarray]:
+    """G's input for the step from row ``p`` to p + d (``d`` = +1 forward, −1 backward in
+    time), by ``flow_predictor.inputs``:
+
+      - ``past``: the raw frames at p − 2d, p − d, p (the step's target unseen) and the flows
+        between them in the direction of travel, F_{q→q+d};
+      - ``reconstruct`` (Eq. 1's G(I_{t0:t+1}, F_{t0+1:t+1}), the authors' code): the raw
+        frames at p − d, p, p + d — the frame the step moves into included — and the flows
+        between them: F_{q→q+d} for a forward warp (on the source grid, where T splats),
+        F_{q+d→q} for a backward warp (on the target grid, where T samples), so the last
+        one is the optical flow of the very step G refines.
+
+    Returns uint8 (3, H, W, 3) frames, oldest first in the direction of travel, and float32
+    (2, H, W, 2) flows (dx, dy) in pixels. Rows outside the video's training part are
+    replaced by the nearest one, with zero flow. All are raw frames and their optical
+    flows: no held-back label is read, and every unlabelled training frame's image is known.
+
+    Raises:
+      ValueError: an unknown ``inputs`` or ``warp``.
+    """
+    if inputs not in ("past", "reconstruct") or warp not in ("forward", "backward"):
+        raise ValueError(f"inputs={inputs!r} must be 'past' or 'reconstruct' and warp={warp!r} 'forward' or 'backward'")
     lo, hi = int(seq.starts[p]), int(seq.ends[p])
-    idx = [p - 2 * d, p - d, p]
+    idx = [p - 2 * d, p - d, p] if inputs == "past" else [p - d, p, p + d]
     inside = [lo <= q <= hi for q in idx]
     clamped = [min(max(q, lo), hi) for q in idx]
     frames = seq.frames[clamped]
     flows = np.zeros((2, *seq.frames.shape[1:3], 2), np.float32)
+    pick = _back_flow if (inputs == "reconstruct" and warp == "backward") else _travel_flow
     for i in range(2):
         if inside[i] and inside[i + 1]:
-            flows[i] = seq.flow_fwd[idx[i]] if d > 0 else seq.flow_bwd[idx[i]]
+            flows[i] = pick(seq, idx[i], d)
     return frames, flows
-
-
-def propagation_plan(seq: TrainSequence, k: int) -> dict[int, tuple[int, int, int]]:
-    """For every unlabelled row u reachable within ``k`` steps of a labelled row of its
-    video: (labelled row l, direction d, steps j) with u = l + d·j, the nearest labelled
-    row (a tie goes to the earlier labelled row, propagated forward)."""
-    plan: dict[int, tuple[int, int, int]] = {}
-    for u in np.flatnonzero(~seq.labelled):
-        best = None
-        for j in range(1, k + 1):
-            for d in (+1, -1):  # forward propagation (from u − j) first: wins ties
-                l = u - d * j
-                if seq.starts[u] <= l <= seq.ends[u] and seq.labelled[l]:
-                    best = (int(l), d, j)
-                    break
-            if best:
-                break
-        if best:
-            plan[int(u)] = best
-    return plan
 
 
 def optical_flow_motion(seq: TrainSequence, warp: str) -> Callable:
@@ -117,14 +128,16 @@ def warp_pair(image: jax.Array, labels: jax.Array, flow: jax.Array, *, num_class
 
 
 def joint_propagation(
-    seq: TrainSequence, plan: dict[int, tuple[int, int, int]], motion_fn: Callable, *, num_classes: int, warp: str, batch_size: int
+    seq: TrainSequence, plan: dict[int, tuple[int, int, int]], motion_fn: Callable, *, num_classes: int, warp: str, batch_size: int,
+    inputs: str = "past",
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Runs the chains of ``plan`` (from ``propagation_plan``) and returns
     {unlabelled row: (Î uint8 (H, W, 3), L̂ uint8 (H, W))}.
 
     ``motion_fn(frames, flows, rows, directions) → F̂`` (B, H, W, 2) gives the motion from
     each chain's current row p to p + d: G via ``make_motion_fn`` (which sees the
-    ``history`` frames and flows), or the true flow in tests. Each step warps the chain's
+    ``history`` frames and flows of G's ``inputs`` mode, 'past' or 'reconstruct', for
+    ``warp``), the stored optical flow (``optical_flow_motion``), or the true flow in tests. Each step warps the chain's
     current (Î, L̂) — starting from the labelled (I_l, L_l) — with ``warp_pair``; every
     chain (l, d) runs to its farthest needed step, saving the pairs it passes. Chains are
     processed ``batch_size`` at a time (the last batch padded, so shapes stay fixed).
@@ -141,7 +154,7 @@ def joint_propagation(
         for j in range(1, max(need[c] for c in chunk) + 1):
             ps = np.array([min(max(l + d * (j - 1), int(seq.starts[l])), int(seq.ends[l])) for l, d in padded])
             ds = np.array([d for _, d in padded])
-            hist = [history(seq, int(p), int(d)) for p, d in zip(ps, ds)]
+            hist = [history(seq, int(p), int(d), inputs, warp) for p, d in zip(ps, ds)]
             flow = motion_fn(np.stack([h[0] for h in hist]), np.stack([h[1] for h in hist]), ps, ds)
             image, labels = warp_pair(image, labels, jnp.asarray(flow, jnp.float32), num_classes=num_classes, warp=warp)
             host_img = np.asarray(jnp.clip(jnp.round(image * 255.0), 0, 255)).astype(np.uint8)
@@ -153,8 +166,34 @@ def joint_propagation(
     return out
 
 
+def _pair_scores(seq: TrainSequence, truth: np.ndarray, u: int, image: np.ndarray, label: np.ndarray, extra: np.ndarray | None, num_classes: int):
+    """Scores of a propagated pair (Î_u, L̂_u) over the pixels L̂_u covers, and of ``extra``
+    (a label map, or None) on the same pixels: (iou, dice, extra iou, extra dice, coverage,
+    PSNR of Î_u, covered mask, target has truth)."""
+    covered = label != metrics.IGNORE_INDEX
+    target = np.where(covered, truth[u], metrics.IGNORE_INDEX)
+    guesses = [np.where(covered, label, 0)] + ([extra] if extra is not None else [])
+    counts = jax.device_get(metrics.confusion_counts(np.stack(guesses).astype(np.int32), np.stack([target] * len(guesses)), num_classes))
+    s = metrics.frame_scores(counts)
+    psnr = _psnr(image, seq.frames[u], covered)
+    extra_iou, extra_dice = (s["iou"][1], s["dice"][1]) if extra is not None else (None, None)
+    return s["iou"][0], s["dice"][0], extra_iou, extra_dice, float(covered.mean()), psnr, covered, bool((target != metrics.IGNORE_INDEX).any())
+
+
+def _psnr(image: np.ndarray, real: np.ndarray, covered: np.ndarray) -> float:
+    """PSNR (dB, peak 255) of ``image`` against ``real`` over ``covered``; NaN when nothing is covered."""
+    if not covered.any():
+        return np.nan
+    err = np.mean((image[covered].astype(np.float64) - real[covered].astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(err, 1e-10)))
+
+
 def propagation_quality(
-    seq: TrainSequence, pairs: dict[int, tuple[np.ndarray, np.ndarray]], plan: dict[int, tuple[int, int, int]], num_classes: int
+    seq: TrainSequence,
+    pairs: dict[int, tuple[np.ndarray, np.ndarray]],
+    plan: dict[int, tuple[int, int, int]],
+    num_classes: int,
+    optical_flow_pairs: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """How good D_R is: the propagated pairs scored against what the run held back.
 
@@ -170,39 +209,46 @@ def propagation_quality(
       - ``coverage``: the share of L̂_u's pixels that received a label (not 255), in [0, 1].
       - ``psnr_db`` / ``zero_motion_psnr_db``: PSNR (dB, peak 255) of Î_u and of I_l
         against the real frame I_u over the covered pixels; needs no ground truth.
+      - with ``optical_flow_pairs`` (the same chains of ``plan`` run with the stored optical
+        flow, ``optical_flow_motion``: MFTAPNet-style propagation, the baseline a learned
+        motion has to beat): ``optical_flow_iou`` / ``optical_flow_dice`` /
+        ``optical_flow_coverage`` / ``optical_flow_psnr_db``, the same scores of those
+        pairs, each over the pixels its own label covers (as L̂_u's).
       - ``frames``: pairs in the group; ``labelled_frames``: those with ground truth.
 
     Not in the paper: a diagnostic of the D_R of Sec. 2.1 (Eq. 2), possible wherever the
     sparse labels are simulated on a fully labelled video (the paper's own setting).
 
     Raises:
-      KeyError: a row of ``pairs`` missing from ``plan``.
+      KeyError: a row of ``pairs`` missing from ``plan`` or from ``optical_flow_pairs``.
     """
     truth = seq.true_masks if seq.true_masks is not None else np.full_like(seq.masks, metrics.IGNORE_INDEX)
     scored = []
     for u in sorted(pairs):
         l, _, k = plan[u]
         image, label = pairs[u]
-        covered = label != metrics.IGNORE_INDEX
-        target = np.where(covered, truth[u], metrics.IGNORE_INDEX)
-        guesses = np.stack([np.where(covered, label, 0), seq.masks[l]]).astype(np.int32)  # L̂_u, L_l
-        counts = jax.device_get(metrics.confusion_counts(guesses, np.stack([target, target]), num_classes))
-        s = metrics.frame_scores(counts)
-        real = seq.frames[u][covered].astype(np.float64)
-        psnr = lambda img: float(10 * np.log10(255.0**2 / max(np.mean((img[covered].astype(np.float64) - real) ** 2), 1e-10)))
-        scored.append({
-            "k": k, "has_truth": bool((target != metrics.IGNORE_INDEX).any()),
-            "label_iou": s["iou"][0], "label_dice": s["dice"][0], "zero_motion_iou": s["iou"][1], "zero_motion_dice": s["dice"][1],
-            "coverage": float(covered.mean()),
-            "psnr_db": psnr(image) if covered.any() else np.nan, "zero_motion_psnr_db": psnr(seq.frames[l]) if covered.any() else np.nan,
-        })
+        iou, dice, copy_iou, copy_dice, coverage, psnr, covered, has_truth = _pair_scores(seq, truth, u, image, label, seq.masks[l], num_classes)
+        row = {
+            "k": k, "has_truth": has_truth, "label_iou": iou, "label_dice": dice, "zero_motion_iou": copy_iou,
+            "zero_motion_dice": copy_dice, "coverage": coverage, "psnr_db": psnr, "zero_motion_psnr_db": _psnr(seq.frames[l], seq.frames[u], covered),
+        }
+        if optical_flow_pairs is not None:
+            of_image, of_label = optical_flow_pairs[u]
+            of_iou, of_dice, _, _, of_coverage, of_psnr, _, _ = _pair_scores(seq, truth, u, of_image, of_label, None, num_classes)
+            row.update(optical_flow_iou=of_iou, optical_flow_dice=of_dice, optical_flow_coverage=of_coverage, optical_flow_psnr_db=of_psnr)
+        scored.append(row)
+    scores = ("label_iou", "label_dice", "zero_motion_iou", "zero_motion_dice")
+    others = ("coverage", "psnr_db", "zero_motion_psnr_db")
+    if optical_flow_pairs is not None:
+        scores += ("optical_flow_iou", "optical_flow_dice")
+        others += ("optical_flow_coverage", "optical_flow_psnr_db")
 
     def aggregate(group: list[dict]) -> dict[str, Any]:
         known = [r for r in group if r["has_truth"]]
         out: dict[str, Any] = {"frames": len(group), "labelled_frames": len(known)}
-        for key in ("label_iou", "label_dice", "zero_motion_iou", "zero_motion_dice"):
+        for key in scores:
             out[key] = float(np.mean([r[key] for r in known])) if known else None
-        for key in ("coverage", "psnr_db", "zero_motion_psnr_db"):
+        for key in others:
             values = [r[key] for r in group if not np.isnan(r[key])]
             out[key] = float(np.mean(values)) if values else None
         return out
@@ -271,10 +317,11 @@ def _sequence_caption(quality: dict[str, Any]) -> str:
     """The caption of ``sequence.png``: what the picture shows and D_R's quality (``all``)."""
     q = quality["all"]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    flow = f", optical flow {fmt(q['optical_flow_iou'], '.3f')}" if "optical_flow_iou" in q else ""
     return (
         "Rebuilt training sequence (paper Fig. 3); white frame = labelled frame, other columns are propagated from the "
         f"nearest labelled frame. D_R, {q['frames']} propagated frames: label IoU {fmt(q['label_iou'], '.3f')} "
-        f"(zero motion {fmt(q['zero_motion_iou'], '.3f')}), label Dice {fmt(q['label_dice'], '.3f')}, "
+        f"(zero motion {fmt(q['zero_motion_iou'], '.3f')}{flow}), label Dice {fmt(q['label_dice'], '.3f')}, "
         f"coverage {fmt(q['coverage'], '.0%')}, PSNR {fmt(q['psnr_db'], '.1f')} dB."
     )
 
@@ -285,17 +332,29 @@ def d_r_info(config, num_classes: int) -> dict[str, Any]:
     return {
         "dataset": config.dataset, "task": config.task, "num_classes": num_classes, "resize": list(config.resize),
         "label_interval": config.label_interval, "propagation_steps": config.propagation_steps, "warp": config.warp,
-        "motion": config.motion,
+        "motion": config.motion, "g_inputs": config.flow_predictor.inputs if config.motion == "learned" else None,
     }
 
 
 QUALITY = "quality.json"
 
 
+def _optical_flow_pairs(config, seq: TrainSequence, plan, num_classes: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The chains of ``plan`` run with the stored optical flow: the baseline of quality.json."""
+    return joint_propagation(
+        seq, plan, optical_flow_motion(seq, config.warp), num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch,
+    )
+
+
 def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classes: int) -> generated.GeneratedDataset:
     """Stage 2: writes D_R (``propagate/d_r``), ``propagate/sequence.png`` and
-    ``propagate/quality.json``; skipped when D_R is complete and matches the config
-    (``generated.reusable``), writing only a missing ``quality.json`` from it."""
+    ``propagate/quality.json`` (``propagation_quality`` of D_R, with the copied label and
+    the stored optical flow's propagation as baselines); skipped when D_R is complete and
+    matches the config (``generated.reusable``), writing only a missing ``quality.json``
+    from it.
+
+    ``g_model`` / ``g_params``: the trained flow predictor (None with ``config.motion =
+    'optical_flow'``), fed the ``history`` of ``config.flow_predictor.inputs``."""
     out_dir = os.path.join(workdir, "propagate")
     path = os.path.join(out_dir, "d_r")
     pic_path = os.path.join(out_dir, "sequence.png")
@@ -305,13 +364,22 @@ def propagate(config, workdir, seq: TrainSequence, g_model, g_params, num_classe
     if generated.reusable(path, info) and os.path.exists(pic_path):
         d_r = generated.GeneratedDataset(path)
         if not os.path.exists(quality_path):  # a D_R from before quality.json
-            stage.on_host0(lambda: write_json(quality_path, propagation_quality(seq, d_r_by_row(seq, d_r), plan, num_classes)), "quality written")
+            write_quality = lambda: write_json(
+                quality_path, propagation_quality(seq, d_r_by_row(seq, d_r), plan, num_classes, _optical_flow_pairs(config, seq, plan, num_classes))
+            )
+            stage.on_host0(write_quality, "quality written")
         return d_r
-    motion = optical_flow_motion(seq, config.warp) if config.motion == "optical_flow" else make_motion_fn(g_model, jax.device_put(g_params))
-    pairs = joint_propagation(seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch)
+    by_flow = _optical_flow_pairs(config, seq, plan, num_classes)
+    if config.motion == "optical_flow":
+        pairs = by_flow
+    else:
+        motion = make_motion_fn(g_model, jax.device_put(g_params))
+        pairs = joint_propagation(
+            seq, plan, motion, num_classes=num_classes, warp=config.warp, batch_size=config.generate_batch, inputs=config.flow_predictor.inputs,
+        )
 
     def write():
-        quality = propagation_quality(seq, pairs, plan, num_classes)
+        quality = propagation_quality(seq, pairs, plan, num_classes, by_flow)
         logging.info("dual motion: D_R quality %s", quality["all"])
         if not generated.is_complete(path):
             with generated.GeneratedWriter(path, overwrite=True, info=info) as w:

@@ -1,23 +1,36 @@
 """Dual Motion Flow's flow predictor G (Sec. 2.1): the SDC-Net2D layout against a PyTorch
-reference written here (torch is used for testing only), its normalisation, initialisation
-and shape checks."""
+reference written here (torch is used for testing only), its normalisation (the training
+set's flow statistics, stored once), initialisation (a fresh G predicts zero motion both
+ways), its two input modes (reconstruct: the target frame and the flow into it; past) and
+shape checks."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from jaxsurg.data.sequences import Windows
 from jaxsurg.methods.dual_motion.flow_predictor import (
+    FLOW_STATS,
     SDC_FLOW_MEAN,
     SDC_FLOW_STD,
     MotionFlowPredictor,
+    TimeReverse,
     _sdc_conv,
+    build_flow_predictor,
+    estimate_flow_statistics,
+    flow_statistics,
+    g_inputs,
 )
+from jaxsurg.methods.dual_motion.transform import warp_image
 
 from dmf_helpers import (  # tests/methods/dual_motion/dmf_helpers.py
-    _assert_close, _count, _nchw, _nhwc, _random_params, _torch, _torch_convs_to_params,
+    V, _assert_close, _count, _nchw, _nhwc, _panning_sequence, _random_params, _torch, _torch_convs_to_params,
 )
 
 
@@ -152,19 +165,125 @@ def test_flow_predictor_zero_output_init_starts_at_the_flow_mean_and_trains():
     frames, flows = _g_inputs(np.random.default_rng(7), b=2)
     sdc = MotionFlowPredictor(base_features=4)
     zero = MotionFlowPredictor(base_features=4, output_init="zero")
-    p_sdc = sdc.init(jax.random.PRNGKey(0), frames, flows)["params"]
-    p_zero = zero.init(jax.random.PRNGKey(0), frames, flows)["params"]
+    p_sdc, p_zero = jax.jit(lambda: (sdc.init(jax.random.PRNGKey(0), frames, flows)["params"],
+                                     zero.init(jax.random.PRNGKey(0), frames, flows)["params"]))()
     assert jax.tree.structure(p_sdc) == jax.tree.structure(p_zero)  # the same parameters, loadable both ways
     np.testing.assert_array_equal(p_zero["conv1"]["kernel"], p_sdc["conv1"]["kernel"])  # only final_flow differs
     assert not np.any(p_zero["final_flow"]["kernel"]) and not np.any(p_zero["final_flow"]["bias"])
-    start = zero.apply({"params": p_zero}, frames, flows)
+
+    def run(p_sdc, p_zero):
+        start = zero.apply({"params": p_zero}, frames, flows)
+        fresh_sdc = sdc.apply({"params": p_sdc}, frames, flows)
+        g = jax.grad(lambda p: jnp.mean((zero.apply({"params": p}, frames, flows) - 1.0) ** 2))(p_zero)
+        return start, fresh_sdc, g
+
+    start, fresh_sdc, g = jax.jit(run)(p_sdc, p_zero)
+    # With SDC-Net's constants a zero output layer is not zero motion: F̂ = their mean.
     np.testing.assert_allclose(start, np.broadcast_to(SDC_FLOW_MEAN, start.shape), rtol=1e-6)
-    assert float(jnp.abs(sdc.apply({"params": p_sdc}, frames, flows)).mean()) > 5.0  # SDC-Net's init: far from still
+    assert float(jnp.abs(fresh_sdc).mean()) > 5.0  # SDC-Net's init: far from still
     # Zeroed only at the output: the gradient still reaches every layer through final_flow.
-    g = jax.grad(lambda p: jnp.mean((zero.apply({"params": p}, frames, flows) - 1.0) ** 2))(p_zero)
     assert float(jnp.abs(g["final_flow"]["kernel"]).max()) > 0
     with pytest.raises(ValueError, match="output_init must be one of"):
         MotionFlowPredictor(base_features=4, output_init="ones").init(jax.random.PRNGKey(0), frames, flows)
+
+
+def _stats_config(flow_stats="training", inputs="reconstruct"):
+    return ml_collections.ConfigDict({"flow_predictor": {"flow_stats": flow_stats, "inputs": inputs, "base_features": 4, "output_init": "zero"}})
+
+
+def test_flow_statistics_zero_mean_training_scale_stored_once_and_reused(tmp_path):
+    seq, _ = _panning_sequence(num_frames=6, h=64, w=64)  # every flow is ∓V = ∓(2, 1) px
+    stats = estimate_flow_statistics(seq)
+    assert stats["mean"] == [0.0, 0.0] and stats["flow_fields"] == 10  # 5 forward + 5 backward
+    np.testing.assert_allclose(stats["std"], np.abs(V), rtol=1e-6)  # RMS of ±V per component
+    np.testing.assert_allclose(stats["forward_mean"], -V, rtol=1e-6)
+    workdir = str(tmp_path / "w")
+    mean, std = flow_statistics(_stats_config(), seq, workdir)
+    assert mean == (0.0, 0.0) and std == pytest.approx(tuple(np.abs(V)))
+    path = tmp_path / "w" / "flow_predictor" / FLOW_STATS
+    stored = json.loads(path.read_text())
+    assert stored["flow_stats"] == "training" and stored["std"] == pytest.approx(list(np.abs(V)))
+    # Estimated once: a resumed run (or a later stage) reads the file, not the frames.
+    path.write_text(json.dumps({**stored, "std": [7.0, 3.0]}))
+    assert flow_statistics(_stats_config(), seq, workdir) == ((0.0, 0.0), (7.0, 3.0))
+    # SDC-Net's constants on request (the file then records them).
+    assert flow_statistics(_stats_config("sdc"), seq, workdir) == (SDC_FLOW_MEAN, SDC_FLOW_STD)
+    assert json.loads(path.read_text())["flow_stats"] == "sdc"
+    with pytest.raises(ValueError, match="flow_stats='mean'"):
+        flow_statistics(_stats_config("mean"), seq, workdir)
+
+
+@pytest.mark.parametrize("inputs", ["reconstruct", "past"])
+def test_fresh_zero_init_g_predicts_exactly_zero_motion_in_both_time_directions(tmp_path, inputs):
+    seq, _ = _panning_sequence(num_frames=6, h=64, w=64)
+    config = _stats_config(inputs=inputs)
+    model = build_flow_predictor(config, *flow_statistics(config, seq, str(tmp_path)))
+    assert (model.flow_mean, model.output_init) == ((0.0, 0.0), "zero")
+    window = Windows(seq)[0]
+    rng = np.random.default_rng(0)
+    batches = [TimeReverse(p, back=True).random_map(window, rng) for p in (0.0, 1.0)]  # forward, reversed
+    assert not np.array_equal(batches[0]["frames"], batches[1]["frames"])
+    frames = np.stack([b["frames"] for b in batches]).astype(np.float32) / 255.0
+    flows, back = (np.stack([b[k] for b in batches]) for k in ("flows", "back"))
+    g_frames, g_flows = g_inputs(jnp.asarray(frames), jnp.asarray(flows), jnp.asarray(back), inputs, "forward")
+    assert float(jnp.abs(g_flows).min()) > 0  # real motion in, both ways
+    out = jax.jit(lambda f, fl: model.apply(model.init(jax.random.PRNGKey(0), f, fl), f, fl))(g_frames, g_flows)
+    assert out.shape == (2, 64, 64, 2) and out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), 0.0)  # F̂ = 0 exactly, forward and reversed
+
+
+def test_time_reverse_gives_the_flows_of_the_reversed_window():
+    seq, _ = _panning_sequence(num_frames=6, h=64, w=64)
+    window = Windows(seq)[1]  # rows 1..4
+    rng = np.random.default_rng(0)
+    fwd, rev = TimeReverse(0.0, back=True).random_map(window, rng), TimeReverse(1.0, back=True).random_map(window, rng)
+    np.testing.assert_array_equal(fwd["frames"], seq.frames[1:5])
+    np.testing.assert_array_equal(fwd["flows"], seq.flow_fwd[1:4])  # F_{i→i+1}
+    np.testing.assert_array_equal(fwd["back"], seq.flow_bwd[2:5])  # F_{i+1→i}
+    np.testing.assert_array_equal(rev["frames"], seq.frames[4:0:-1])  # 4, 3, 2, 1
+    np.testing.assert_array_equal(rev["flows"], seq.flow_bwd[4:1:-1])  # F_{4→3}, F_{3→2}, F_{2→1}
+    np.testing.assert_array_equal(rev["back"], seq.flow_fwd[3:0:-1])  # F_{3→4}, F_{2→3}, F_{1→2}
+    assert "back" not in TimeReverse(0.5).random_map(window, rng)
+
+
+@pytest.mark.parametrize("warp", ["forward", "backward"])
+def test_reconstruct_inputs_hold_the_target_frame_and_the_flow_into_it_and_gradients_flow(warp):
+    rng = np.random.default_rng(12)
+    frames = jnp.asarray(rng.random((1, 4, 64, 64, 3), dtype=np.float32))
+    flows = jnp.asarray(3 * rng.standard_normal((1, 3, 64, 64, 2), dtype=np.float32))  # F_{i→i+1}
+    back = jnp.asarray(3 * rng.standard_normal((1, 3, 64, 64, 2), dtype=np.float32))  # F_{i+1→i}
+    g_frames, g_flows = g_inputs(frames, flows, back, "reconstruct", warp)
+    assert g_frames.shape == (1, 3, 64, 64, 3) and g_flows.shape == (1, 2, 64, 64, 2)
+    np.testing.assert_array_equal(g_frames[:, -1], frames[:, 3])  # I_{t+1}, the frame the step moves into
+    np.testing.assert_array_equal(g_frames[:, :2], frames[:, 1:3])  # I_{t−1}, I_t
+    # the optical flow into I_{t+1}, on the grid the warp uses it: F_{t→t+1} (splatting) or F_{t+1→t} (sampling)
+    np.testing.assert_array_equal(g_flows[:, -1], (flows if warp == "forward" else back)[:, 2])
+    np.testing.assert_array_equal(g_flows[:, 0], (flows if warp == "forward" else back)[:, 1])
+    p_frames, p_flows = g_inputs(frames, flows, None, "past", warp)  # prediction: the target unseen
+    np.testing.assert_array_equal(p_frames, frames[:, :3])
+    np.testing.assert_array_equal(p_flows, flows[:, :2])
+    with pytest.raises(ValueError, match="inputs='future'"):
+        g_inputs(frames, flows, back, "future", warp)
+    if warp == "backward":
+        with pytest.raises(ValueError, match="pointing back"):
+            g_inputs(frames, flows, None, "reconstruct", warp)
+
+    # Gradients: through G's parameters (nonzero, finite) and, in reconstruct mode only, from
+    # the loss back to the target frame through G's input — G sees I_{t+1}.
+    model = MotionFlowPredictor(base_features=4, flow_mean=(0.0, 0.0), flow_std=(3.0, 3.0))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), g_frames, g_flows)["params"]
+
+    def loss(p, frames, mode):
+        f, fl = g_inputs(frames, flows, back, mode, warp)
+        return jnp.mean(jnp.abs(warp_image(frames[:, 2], model.apply({"params": p}, f, fl), warp) - frames[:, 3]))
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    gp, gf = grads(params, frames, "reconstruct")
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(gp))
+    assert all(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(gp))
+    # d loss / d I_{t+1} has a part through G (beyond the L1 target term): compare with past mode
+    _, gf_past = grads(params, frames, "past")
+    assert float(jnp.abs(gf[:, 3] - gf_past[:, 3]).max()) > 0
 
 
 def test_flow_predictor_shape_errors():

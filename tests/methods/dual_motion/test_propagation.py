@@ -1,5 +1,6 @@
 """Dual Motion Flow's joint propagation (Sec. 2.1, Eqs. 1–2) on a scene with known motion:
-the plan, G's input history, the propagated pairs and their quality against the truth."""
+the plan, G's input history (past and reconstruct modes), the propagated pairs and their
+quality against the truth, the copied label and the optical flow's propagation."""
 
 from __future__ import annotations
 
@@ -99,3 +100,62 @@ def test_propagation_quality_scores_d_r_against_the_held_back_labels():
     seq.true_masks = np.full_like(truth, 255)
     blind = dm.propagation_quality(seq, pairs, {u: (l, -1, k)}, 3)["all"]
     assert blind["frames"] == 1 and blind["labelled_frames"] == 0 and blind["label_dice"] is None and blind["psnr_db"] > 100
+
+
+def test_history_in_reconstruct_mode_holds_the_frame_stepped_into_and_its_flow():
+    seq, _ = _panning_sequence()
+    # forward warp: frames p − d, p, p + d and the flows in the direction of travel
+    frames, flows = dm.history(seq, 3, +1, "reconstruct", "forward")
+    np.testing.assert_array_equal(frames, seq.frames[[2, 3, 4]])
+    np.testing.assert_array_equal(flows, seq.flow_fwd[[2, 3]])  # F_{2→3}, F_{3→4}
+    frames, flows = dm.history(seq, 3, -1, "reconstruct", "forward")
+    np.testing.assert_array_equal(frames, seq.frames[[4, 3, 2]])
+    np.testing.assert_array_equal(flows, seq.flow_bwd[[4, 3]])  # F_{4→3}, F_{3→2}
+    # backward warp: the flows pointing back, on the grid of the later frame (where T samples)
+    frames, flows = dm.history(seq, 3, +1, "reconstruct", "backward")
+    np.testing.assert_array_equal(flows, seq.flow_bwd[[3, 4]])  # F_{3→2}, F_{4→3}
+    frames, flows = dm.history(seq, 3, -1, "reconstruct", "backward")
+    np.testing.assert_array_equal(flows, seq.flow_fwd[[2, 1]])  # F_{3→4}, F_{2→3}
+    # the video's edges: repeated frames with zero flow
+    frames, flows = dm.history(seq, 7, +1, "reconstruct", "forward")
+    np.testing.assert_array_equal(frames, seq.frames[[6, 7, 7]])
+    np.testing.assert_array_equal(flows[0], seq.flow_fwd[6])
+    np.testing.assert_array_equal(flows[1], 0)
+    frames, flows = dm.history(seq, 0, +1, "reconstruct", "backward")
+    np.testing.assert_array_equal(frames, seq.frames[[0, 0, 1]])
+    np.testing.assert_array_equal(flows[0], 0)
+    np.testing.assert_array_equal(flows[1], seq.flow_bwd[1])
+    with pytest.raises(ValueError, match="inputs='future'"):
+        dm.history(seq, 3, +1, "future", "forward")
+
+
+@pytest.mark.parametrize("warp", ["forward", "backward"])
+def test_reconstruct_history_gives_g_the_flow_of_the_very_step_it_warps(warp):
+    """A motion model that returns its last input flow unchanged (what a reconstructing G
+    refines) propagates with the exact stored flow, for either warp."""
+    seq, truth = _panning_sequence()
+    plan = dm.propagation_plan(seq, 2)
+    last_flow = lambda frames, flows, rows, directions: np.asarray(flows)[:, -1]
+    pairs = dm.joint_propagation(seq, plan, last_flow, num_classes=3, warp=warp, batch_size=4, inputs="reconstruct")
+    by_flow = dm.joint_propagation(seq, plan, dm.optical_flow_motion(seq, warp), num_classes=3, warp=warp, batch_size=4)
+    assert sorted(pairs) == sorted(by_flow) == [1, 2, 3, 4, 6, 7]
+    for u in pairs:
+        np.testing.assert_array_equal(pairs[u][0], by_flow[u][0])
+        np.testing.assert_array_equal(pairs[u][1], by_flow[u][1])
+
+
+def test_quality_scores_the_optical_flow_propagation_beside_g_and_the_copied_label():
+    seq, truth = _panning_sequence()
+    plan = dm.propagation_plan(seq, 2)
+    h, w = seq.frames.shape[1:3]
+    still = lambda frames, flows, rows, directions: np.zeros((len(rows), h, w, 2), np.float32)
+    g_pairs = dm.joint_propagation(seq, plan, still, num_classes=3, warp="forward", batch_size=4)
+    by_flow = dm.joint_propagation(seq, plan, dm.optical_flow_motion(seq, "forward"), num_classes=3, warp="forward", batch_size=4)
+    q = dm.propagation_quality(seq, g_pairs, plan, 3, by_flow)
+    for group in ("all", "k=1", "k=2"):
+        assert {"optical_flow_iou", "optical_flow_dice", "optical_flow_coverage", "optical_flow_psnr_db"} <= set(q[group])
+    # the stored flow is exact here: its labels are right wherever they land; G standing still is the copy
+    assert q["all"]["optical_flow_iou"] == q["all"]["optical_flow_dice"] == 1.0
+    assert q["all"]["label_dice"] == pytest.approx(q["all"]["zero_motion_dice"]) and q["all"]["label_dice"] < 1.0
+    assert q["k=1"]["optical_flow_coverage"] == pytest.approx((h - 1) * (w - 2) / (h * w)) and q["all"]["coverage"] == 1.0
+    assert "optical_flow_iou" not in dm.propagation_quality(seq, g_pairs, plan, 3)["all"]  # without the baseline pairs
