@@ -10,9 +10,16 @@ pretraining, then tiny-label segmentation and key points — jaxsurg's main job.
 
 Stages (each resumable, each with its own checkpoints under WORKDIR/<stage>/):
 ``pretrain`` (skipped by ``baseline=nossl``) → ``finetune`` → ``eval`` → ``keypoints``
-(where the dataset has key points). ``task`` "auto" is the binary instrument task on the
-synthetic data and the paper's 4 classes (fat, instrument, gallbladder, background) on
-CholecSeg8k.
+(where the dataset has key points).
+
+Pretraining length (one pretraining, several fine-tunings; each cell reuses the first's
+``pretrain`` stage through ``--config.stages_from``, as ``python -m jaxsurg.sweep`` does):
+
+    ... "--config.pretrain.keep_steps=(250,1000)" --config.pretrain.use_step=250 \\
+        --config.val_frames=16 --config.patience=5 [--config.head=linear_probe]
+
+``task`` "auto" is the binary instrument task on the synthetic data and the paper's 4
+classes (fat, instrument, gallbladder, background) on CholecSeg8k.
 
 Variants: ``tiny`` (CI smoke test: its scores test the code path, they are not a result),
 ``default`` (at most 15 minutes on a 2-core CPU), ``paper`` (the published settings, for
@@ -103,6 +110,10 @@ def get_config(arg=None):
     c.task = "auto"  # binary on synthetic, laparoflow4 on cholecseg8k
     c.baseline = ""  # "" = Laparoflow-SSL; "nossl" = same network, random init, all trained
     c.num_labelled = 16  # labelled training frames for fine-tuning, chosen by config.seed
+    c.head = "side_tune"  # side_tune (the paper's: side-tune network + head, CE + Lovász) | linear_probe (1×1 conv on the frozen representation, CE)
+    c.val_frames = 0  # > 0: fine-tune to a plateau, scored on this many more labelled training frames (disjoint, chosen by seed); 0 = total_steps
+    c.val_every = 50  # steps between validation scorings (val_frames > 0)
+    c.patience = 5  # stop after this many scorings without a lower validation loss; the best scoring's variables are kept
     # The top-level stage fields are the finetune stage's (Adam, constant learning rate).
     c.learning_rate = 1e-3
     c.augment.hflip = True
@@ -138,6 +149,10 @@ def get_config(arg=None):
             flip=True,  # views are flipped at random
             fov_threshold=12,  # brightness under which border-connected pixels are outside the endoscope
             pca_frames=4,  # test frames in the PCA picture of the representations
+            grid_offset=0.0,  # px: representation cell i is centred on pixel 4i + grid_offset (0: SegFormer's receptive centres, views.py)
+            valid_radius=3,  # px: a representation pixel counts when the valid mask holds this far around its centre (3: the first 7×7 conv's taps)
+            keep_steps=(),  # steps of this pretraining whose backbone is kept (pretrain/kept/), e.g. (250, 1000)
+            use_step=-1,  # backbone the downstream stages read: -1 the finished pretraining, 0 its random start (frozen), or a kept step
         ),
         # The paper gives no optimiser: SegFormer's AdamW with warm-up and cosine decay.
         total_steps=1000, batch_size=8, optimizer="adamw", lr_schedule="warmup_cosine", learning_rate=1e-3,

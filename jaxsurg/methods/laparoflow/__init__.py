@@ -11,7 +11,9 @@ Stages, each resumable from its own checkpoints (``WORKDIR/<stage>/checkpoints``
    shows three principal components of the representations as colours (paper Fig. 1b).
 2. ``finetune``: backbone frozen; a side-tune network and the segmentation head trained
    with cross-entropy + Lovász-Softmax on ``config.num_labelled`` frames chosen by
-   ``config.seed``.
+   ``config.seed`` (``config.head = "linear_probe"``: a 1×1 conv on the representation,
+   cross-entropy); ``config.total_steps`` steps, or to a plateau of the validation loss on
+   ``config.val_frames`` more labelled frames (``patience``, ``val_every``).
 3. ``eval``: per-frame IoU/Dice with per-class figures (``eval/summary.json``, overlays).
 4. ``keypoints`` (datasets with key points): the narrow key-point head on the frozen
    backbone, Gaussian targets, mean of binary Lovász and cross-entropy; scored as Du et al.
@@ -19,6 +21,13 @@ Stages, each resumable from its own checkpoints (``WORKDIR/<stage>/checkpoints``
 
 ``config.baseline = "nossl"`` is the paper's "No SSL": the same network randomly
 initialised, every parameter trained, the same labelled frames and budget.
+
+Pretraining length: ``config.pretrain.keep_steps`` keeps the backbone at those steps of one
+pretraining; ``config.pretrain.use_step`` picks the backbone the downstream stages read (−1
+the finished one, 0 the random start — frozen random features, not No SSL — or a kept
+step). ``use_step`` belongs to the ``finetune`` stage's settings, not ``pretrain``'s, so runs
+that differ in it share one pretraining through ``config.stages_from`` (the pretraining runs,
+or is taken, whatever step is read).
 
 Files: ``config`` (checks, stride, losses), ``views`` and ``photometric`` (Eq. (2)–(4),
 App. B.2), ``contrastive`` (Eq. (1), (5)–(9), App. C), ``temperatures`` (τ_P, τ_N),
@@ -40,18 +49,33 @@ from jaxsurg.config import resolve_stage
 from jaxsurg.data import pipeline, unlabelled
 from jaxsurg.methods import common
 from jaxsurg.methods.laparoflow import finetune, keypoint_stage, pretrain
-from jaxsurg.methods.laparoflow.config import LOSSES, STRIDE, TASK_FOR_DATASET, resolve_task
+from jaxsurg.methods.laparoflow.config import HEADS, LOSSES, STRIDE, TASK_FOR_DATASET, check_pretrain_steps, resolve_task
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
-from jaxsurg.train.checkpoint import restore_final_variables
 
-__all__ = ["LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run", "trained_model"]
+__all__ = ["HEADS", "LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run", "trained_model"]
+
+# Keys of the pretrain block that choose what the downstream stages read, not what the
+# pretraining makes: the finetune stage's settings.
+DOWNSTREAM_PRETRAIN_KEYS = ("use_step",)
+
+
+def _pretrain_keys() -> tuple[str, ...]:
+    """Every leaf of the config's ``pretrain`` block but ``DOWNSTREAM_PRETRAIN_KEYS``."""
+    from jaxsurg.configs.laparoflow import get_config
+
+    return tuple(f"pretrain.{k}" for k in get_config().pretrain if k not in DOWNSTREAM_PRETRAIN_KEYS)
+
 
 # The stages and the config keys their outputs depend on (``config.stages_from``).
 STAGES = (
-    stage.StageSpec("pretrain", ("pretrain", "model")),
-    stage.StageSpec("finetune", stage.MAIN_STAGE + ("baseline", "num_labelled", "image_size", "augment", "clip_length", "batch_keys")),
+    stage.StageSpec("pretrain", _pretrain_keys() + ("model",)),
+    stage.StageSpec(
+        "finetune",
+        stage.MAIN_STAGE + ("baseline", "num_labelled", "image_size", "augment", "clip_length", "batch_keys", "head", "val_frames",
+                            "val_every", "patience") + tuple(f"pretrain.{k}" for k in DOWNSTREAM_PRETRAIN_KEYS),
+    ),
     stage.StageSpec("keypoints", ("keypoints",)),
 )
 
@@ -81,9 +105,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
     nossl = config.baseline == "nossl"
     if nossl and config.model.pretrained_segformer:
         raise ValueError("config.baseline='nossl' is randomly initialised; unset config.model.pretrained_segformer")
+    use_step = int(config.pretrain.use_step)
+    # The pretraining runs whatever use_step reads (0 too: its starting point), so that runs
+    # differing only in use_step (a sweep's cells) all hold the one pretraining they share.
     frames = None if nossl else unlabelled.pretraining_frames(config, data)
     if frames is not None:
         resolve_stage(config.pretrain, len(frames))
+        check_pretrain_steps(config)
     workdir_lib.check_data(workdir, data.build, STAGES)
     stage.take_stages_from(config, workdir, STAGES)
     common.write_config(config, workdir)
@@ -91,15 +119,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
     backbone = None
     if not nossl:
         with stage.timed(seconds, "pretrain"):
-            backbone = pretrain.pretrain(config, workdir, data, frames, mesh)
+            final = pretrain.pretrain(config, workdir, data, frames, mesh)
+        backbone = pretrain.backbone_for_downstream(config, workdir, final)
     with stage.timed(seconds, "finetune"):
-        model, state, rows = finetune.finetune(config, workdir, data, backbone, mesh)
+        model, state, rows, report = finetune.finetune(config, workdir, data, backbone, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     predict = evaluate.make_predictor(inference_apply(model), variables, pad_multiple=1)
     header = {
         "method": "laparoflow_nossl" if nossl else "laparoflow", "dataset": config.dataset, "task": config.task,
         "split": data.split_info, "num_labelled": int(len(rows)), "labelled_records": [int(r) for r in rows],
         "pretrain_loss": config.pretrain.loss if not nossl else None,
+        # The pretraining step whose backbone was read (0: its random start); None for No SSL.
+        "pretrain_step": None if nossl else (int(config.pretrain.total_steps) if use_step == -1 else use_step),
+        "head": report["head"], "finetune": report,
     }
     tau_path = os.path.join(workdir, "pretrain", "tau.json")
     if os.path.exists(tau_path):
@@ -128,8 +160,9 @@ def inference_apply(model: finetune.BackboneWithHead):
 
 def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any]) -> inference.TrainedModel:
     """The finished run's backbone and segmentation head (the ``finetune`` stage's final
-    variables) for ``jaxsurg.predict``; any frame size (no padding), as in evaluation; with
-    the key-point head of the ``keypoints`` stage where the run trained one.
+    variables, or its best validation's under a plateau: ``finetune.final_variables``) for
+    ``jaxsurg.predict``; any frame size (no padding), as in evaluation; with the key-point
+    head of the ``keypoints`` stage where the run trained one.
 
     Raises:
       ValueError: the stage's final checkpoint is missing or of another format.
@@ -137,7 +170,7 @@ def trained_model(config: ml_collections.ConfigDict, workdir: str, summary: dict
     model = finetune.segmentation_model(config, len(summary["class_names"]), freeze_backbone=config.baseline != "nossl")
     return inference.TrainedModel(
         method=summary["method"], classes=evaluate.classes_fn(inference_apply(model), pad_multiple=1),
-        variables=restore_final_variables(workdir, "finetune", config.total_steps),
+        variables=finetune.final_variables(config, workdir),
         frame_size=inference.frame_size(summary), class_names=tuple(summary["class_names"]),
         keypoints=keypoint_stage.trained_detector(config, workdir, summary) if "keypoints" in summary else None,
     )

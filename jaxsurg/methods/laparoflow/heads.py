@@ -17,6 +17,9 @@ here take ``(image, rep)`` and return logits at the image resolution:
   → 1×1 conv to ``num_classes`` logits (the paper's softmax is left to the loss).
 - ``KeypointHead``: the same concatenation → seven 3×3 convs of 16 + ReLU → 1×1 conv to
   ``num_keypoints`` logits (the paper's sigmoid is left to the loss / peak finder).
+- ``LinearProbeHead`` (not in the paper; a standard read-out of frozen representations): a
+  1×1 conv on the representation alone, no side-tune network — how much of the task the
+  frozen pixel representations hold linearly.
 
 All convolutions are ``torch.nn.Conv2d(cin, cout, k, stride, padding=k // 2)`` with PyTorch's
 default initialisation, params ``kernel`` (k, k, Cin, Cout) (the PyTorch weight transposed
@@ -196,6 +199,32 @@ class KeypointHead(nn.Module):
             raise ValueError(f"need num_keypoints >= 1 and depth >= 0, got {self.num_keypoints} and {self.depth}")
         side = tuple(self.side_features) if self.use_side_tune else None
         return _head_forward(image, rep, self.num_keypoints, (self.features,) * self.depth, side, self.dtype)
+
+
+class LinearProbeHead(nn.Module):
+    """A linear probe of frozen pixel representations: a 1×1 conv (per-pixel linear map with
+    bias) from the representation to ``num_classes`` logits, upsampled to the image.
+
+    ``__call__(image, rep) -> logits``:
+      image: float (B, H, W, 3) in [0, 1]; only its size is used (no side-tune network).
+      rep: float (B, ceil(H/4), ceil(W/4), D) backbone representation (D = 256).
+      logits: float32 (B, H, W, num_classes), pre-softmax; bilinear upsampling
+        (align_corners=False) from the 1/4 grid, as the other heads.
+
+    Params: ``classifier`` (``kernel`` (1, 1, D, num_classes), ``bias``): D·K + K scalars.
+
+    Raises:
+      ValueError: as ``SideTuneSegmentationHead``; num_classes < 1.
+    """
+
+    num_classes: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image: Array, rep: Array) -> Array:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        return _head_forward(image, rep, self.num_classes, (), None, self.dtype)
 
 
 def count_params(params: Any) -> int:

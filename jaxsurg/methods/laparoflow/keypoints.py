@@ -6,8 +6,9 @@ Fully Convolutional Networks" (IEEE TMI 2018):
 
 1. ``gaussian_heatmaps`` (host side, NumPy, used in the grain pipeline): per key-point type a
    target map, the max over instruments of 2-D Gaussians centred at the labelled points.
-2. ``keypoint_loss`` (JAX): per type the binary Lovász-Softmax loss plus binary
-   cross-entropy, averaged over the types (paper App. D.3).
+2. ``keypoint_loss`` (JAX): per type the average of the binary Lovász-Softmax loss and
+   binary cross-entropy, then averaged over the types (paper App. D.3: "we average the
+   binary Lovász-Softmax loss and cross-entropy for every key point type").
 3. ``find_peaks`` / ``find_peaks_padded``: non-maximum suppression on the predicted
    probabilities (local maxima of a (2r+1)² window above a threshold).
 4. ``match_keypoints`` and ``summarize_keypoints``: Du et al.'s protocol — distances measured
@@ -162,11 +163,15 @@ def keypoint_lovasz(logits: Array, targets: Array, *, threshold: float = 0.5) ->
 
 
 def keypoint_loss(logits: Array, targets: Array, *, threshold: float = 0.5, use_lovasz: bool = True) -> Array:
-    """Laparoflow-SSL key-point loss (paper App. D.3): the mean over key-point types of
-    (binary Lovász-Softmax + binary cross-entropy).
+    """Laparoflow-SSL key-point loss (Moens et al. 2024, App. D.3: "we average the binary
+    Lovász-Softmax loss and cross-entropy for every key point type"): per type the mean of
+    the two terms, then the mean over the types.
 
-    ``L = (1/K) Σ_k [Lovász_k + BCE_k]`` with ``keypoint_lovasz`` (labels: targets ≥
-    ``threshold``) and ``keypoint_bce`` (soft Gaussian targets). Jit- and grad-compatible.
+    ``L = (1/K) Σ_k ½ (Lovász_k + BCE_k)`` with ``keypoint_lovasz`` (labels: targets ≥
+    ``threshold``) and ``keypoint_bce`` (soft Gaussian targets); with ``use_lovasz=False``
+    the average of the one term left, ``(1/K) Σ_k BCE_k``. Jit- and grad-compatible.
+    (The segmentation loss of App. D.3 is instead the SUM of cross-entropy and
+    Lovász-Softmax, ``finetune.segmentation_loss``, as the paper writes it.)
 
     Args:
       logits: float (B, H, W, K) pre-sigmoid logits (``KeypointHead`` output).
@@ -183,7 +188,7 @@ def keypoint_loss(logits: Array, targets: Array, *, threshold: float = 0.5, use_
     """
     per_type = keypoint_bce(logits, targets)
     if use_lovasz:
-        per_type = per_type + keypoint_lovasz(logits, targets, threshold=threshold)
+        per_type = 0.5 * (per_type + keypoint_lovasz(logits, targets, threshold=threshold))
     return jnp.mean(per_type)
 
 

@@ -26,16 +26,31 @@ Coordinate conventions (used by every function here):
   (y axis pointing down); θ = 90° is ``jnp.rot90(image, 1, axes=(-3, -2))`` of a square
   frame. The flip mirrors the finished (rotated) view horizontally: with both, the view is
   ``jnp.rot90(image, 1, axes=(-3, -2))[..., :, ::-1, :]``.
-- Representation grid of stride s (s = 4 for SegFormer): representation pixel (i, j)
-  covers image pixels [s·i, s·i + s) × [s·j, s·j + s) and its centre is at image point
-  (s·j + o, s·i + o) with o = ``grid_offset`` = (s − 1)/2 = 1.5 by default; the grid has
-  (ceil(h/s), ceil(w/s)) pixels. Representation coordinate r and image coordinate p relate
-  by p = s·r + o. SegFormer's first layer (k7/s4/p3 conv) centres output i's receptive
-  field on input pixel 4i (taps 4i − 3 … 4i + 3), 1.5 px left of 4i + 1.5; the choice of
-  4i + 1.5 is the half-pixel ("align_corners=False") convention that SegFormer's own ×4
-  bilinear upsampling of its output to the image assumes, and it makes 4×4 average pooling
-  of image-resolution maps (flow1, valid1) land on the same centres. The difference is
-  3/8 of a representation pixel; pass ``grid_offset=0.0`` for the conv-centre convention.
+- Representation grid of stride s (s = 4 for SegFormer): representation pixel (i, j) is
+  centred at image point (s·j + o, s·i + o), o = ``grid_offset`` = ``RECEPTIVE_OFFSET`` = 0
+  by default: its RECEPTIVE CENTRE, where the backbone's output cell is centred in the input.
+  Representation coordinate r and image coordinate p relate by p = s·r + o; the grid has
+  (ceil(h/s), ceil(w/s)) pixels, and with o = 0 every centre lies in the image.
+  Why 0: SegFormer's first layer (k7/s4/p3 conv) centres output i on input pixel 4i (taps
+  4i − 3 … 4i + 3), and its decoder fuses that c1 map unresampled; the coarser stages (c2,
+  c3, c4, on grids centred at 8i, 16i, 32i) are upsampled to the 1/4 grid with the
+  half-pixel ("align_corners=False") bilinear of Hugging Face's SegFormer, which lands them
+  at 4i − 2, 4i − 6 and 4i − 14: broad tails of sensitivity towards the top-left, no shift
+  of the core. Measured on the backbone itself (|∂(u·z[i, j])/∂x| summed over colours,
+  interior cells of a 64×64 input, random inits; ``tests/methods/laparoflow/test_views.py::
+  test_representation_grid_is_centred_where_the_backbone_is_sensitive``): the sensitivity
+  centroid within ±4 px of 4i lies at 4i − 0.1; within ±4 px of 4i + 1.5 it lies at 4i + 0.65
+  (pulled back by 0.85 px); the unwindowed first moment lies at 4i − 4 (64×64; 4i − 10.6 at
+  128×128: the far field, which depends on the frame size). No measure supports the
+  half-pixel convention o = (s − 1)/2 = 1.5 used before, which put the weight-4 cross-view
+  counterpart 2.4 px (up to 4.2 px, by the rotation of G2) off the cell that sees the same
+  content. ``grid_offset`` stays an argument (``config.pretrain.grid_offset``).
+- Validity of a representation pixel (``cell_validity``): judged at its receptive centre and
+  its support, the pixels within ``valid_radius`` (Chebyshev, default 3 = the taps of the
+  first 7×7 conv) of the centre: a cell whose support touches a rotation hole or the outside
+  of the endoscope's field of view has seen invalid pixels and is left out, even where a
+  point sampled near it is valid. Support pixels beyond the view's own border are not
+  counted against it (the border of a view is no hole).
 """
 
 from __future__ import annotations
@@ -63,12 +78,15 @@ __all__ = [
     "pixel_grid",
     "representation_grid",
     "representation_map",
+    "cell_validity",
     "sample_bilinear",
     "sample_nearest",
     "make_views",
 ]
 
 _INSIDE_TOL = 1e-3  # pixels
+RECEPTIVE_OFFSET = 0.0  # px: SegFormer's representation cell i is centred on input pixel 4i (module docstring)
+DEFAULT_VALID_RADIUS = 3  # px: a cell's support, the taps of SegFormer's first 7×7 conv around its centre
 
 
 # ------------------------------------------------------------------------------ affine algebra
@@ -144,10 +162,11 @@ def representation_grid(size: tuple[int, int], stride: int, grid_offset: float |
     """Image-pixel coordinates of the centres of the representation grid of an (h, w) image.
 
     Returns float32 (ceil(h/stride), ceil(w/stride), 2): [i, j] = (stride·j + o, stride·i + o),
-    o = ``grid_offset`` (default (stride − 1)/2; see the module docstring).
+    o = ``grid_offset`` in pixels (default ``RECEPTIVE_OFFSET`` = 0, the backbone's receptive
+    centres; see the module docstring).
     """
     h, w = size
-    o = (stride - 1) / 2.0 if grid_offset is None else float(grid_offset)
+    o = RECEPTIVE_OFFSET if grid_offset is None else float(grid_offset)
     return pixel_grid((math.ceil(h / stride), math.ceil(w / stride))) * stride + o
 
 
@@ -167,7 +186,7 @@ def representation_map(
       view-2 representation-pixel centre in view-1 REPRESENTATION pixels, and in view-1
       IMAGE pixels.
     """
-    o = (stride - 1) / 2.0 if grid_offset is None else float(grid_offset)
+    o = RECEPTIVE_OFFSET if grid_offset is None else float(grid_offset)
     rep = representation_grid(out_size, stride, o)
     points1 = apply_affine(affine2, rep)
     return (points1 - o) / stride, points1
@@ -221,6 +240,48 @@ def sample_nearest(src: Array, coords: Array) -> tuple[Array, Array]:
     coords = jnp.asarray(coords, jnp.float32)
     out = warp.sample_nearest(src, coords, border="clamp")
     return out, _inside_area(coords, src.shape[1], src.shape[2])
+
+
+def cell_validity(valid: Array, centres: Array, radius: int = DEFAULT_VALID_RADIUS) -> Array:
+    """Which representation pixels may enter the loss: those whose receptive centre and whole
+    support are valid (module docstring).
+
+    A cell is valid when ``valid`` holds at the pixel nearest to its centre (ties to the
+    right/lower pixel, as :func:`sample_nearest`) and at every pixel within Chebyshev distance
+    ``radius`` of that pixel that lies in the image; support pixels beyond the image's border
+    do not count against it. A centre outside the image area makes the cell invalid. Computed
+    as a (2r+1)×(2r+1) erosion of ``valid`` (``lax.reduce_window`` min, padded with True)
+    read at the centres.
+
+    Args:
+      valid: bool (or 0/1) (B, H, W), the pixels allowed in the loss.
+      centres: float (hr, wr, 2) shared by the batch, or (B, hr, wr, 2): (x, y) image pixels
+        of the cells' receptive centres (:func:`representation_grid`).
+      radius: r ≥ 0 in pixels (static); 0 judges the centre pixel alone.
+
+    Returns:
+      bool (B, hr, wr).
+
+    Raises:
+      ValueError: ``valid`` not (B, H, W), ``centres`` not (..., 2), or a negative radius.
+    """
+    valid = jnp.asarray(valid)
+    if valid.ndim != 3:
+        raise ValueError(f"valid must be (B, H, W), got shape {valid.shape}")
+    centres = jnp.asarray(centres, jnp.float32)
+    if centres.ndim not in (3, 4) or centres.shape[-1] != 2:
+        raise ValueError(f"centres must be (hr, wr, 2) or (B, hr, wr, 2) (x, y) pixels, got shape {centres.shape}")
+    r = int(radius)
+    if r < 0:
+        raise ValueError(f"radius must be >= 0 pixels, got {radius}")
+    b = valid.shape[0]
+    mask = valid.astype(jnp.int32)
+    if r > 0:
+        k = 2 * r + 1
+        mask = jax.lax.reduce_window(mask, 1, jax.lax.min, (1, k, k), (1, 1, 1), ((0, 0), (r, r), (r, r)))
+    centres = jnp.broadcast_to(centres, (b,) + centres.shape[-3:])
+    out, inside = sample_nearest(mask[..., None], centres)
+    return (out[..., 0] > 0) & inside
 
 
 # ------------------------------------------------------------------------------ random G
@@ -348,7 +409,9 @@ def _check_size(value, name: str) -> tuple[int, int]:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("out_size", "stride", "photometric", "max_zoom", "rotate", "flip", "rotate_flow_vectors", "grid_offset"),
+    static_argnames=(
+        "out_size", "stride", "photometric", "max_zoom", "rotate", "flip", "rotate_flow_vectors", "grid_offset", "valid_radius",
+    ),
 )
 def make_views(
     key: Array,
@@ -364,6 +427,7 @@ def make_views(
     flip: bool = True,
     rotate_flow_vectors: bool = False,
     grid_offset: float | None = None,
+    valid_radius: int = DEFAULT_VALID_RADIUS,
 ) -> dict[str, Array]:
     """The two Laparoflow-SSL views of a batch and their correspondences (Eqs. 2–4, App. B.2).
 
@@ -388,7 +452,10 @@ def make_views(
       rotate_flow_vectors: map flow vectors into view-1 coordinates with G1's forward
         linear part (rotation, flip and zoom: v_view = A1[:, :2]⁻¹ · v). Off by default: the
         paper keeps the vectors (only their relative differences matter).
-      grid_offset: representation-pixel centre offset (default (stride − 1)/2; module doc).
+      grid_offset: representation-pixel centre offset in pixels (default ``RECEPTIVE_OFFSET``
+        = 0: cell i centred on pixel stride·i; module docstring).
+      valid_radius: support radius r ≥ 0 (pixels, Chebyshev) over which a representation
+        pixel's validity is judged (:func:`cell_validity`; default 3).
 
     Returns:
       dict of
@@ -398,21 +465,27 @@ def make_views(
       - ``valid2`` bool (B, h, w) = (G1∘G2)(valid) ∧ inside, the same on view 2;
       - ``flow1`` float32 (B, h, w, 2) = G1(flow) (bilinear), 0 outside the input;
       - ``grid2to1`` float32 (B, hr, wr, 2): (x, y) of each view-2 representation pixel's
-        centre in view-1 REPRESENTATION pixels (z3 = sample_bilinear(z1, grid2to1)); all
-        lie in view 1 when ``stride`` divides h and w (otherwise the last row/column of
-        centres lies past view 2's edge and may map outside view 1: ``valid3`` is False there);
+        receptive centre in view-1 REPRESENTATION pixels (z3 = sample_bilinear(z1,
+        grid2to1)); with the default offset 0 every centre lies in view 2, hence in view 1
+        (with another offset a centre past view 2's edge may map outside view 1:
+        ``valid3`` is False there);
       - ``flow3`` float32 (B, hr, wr, 2): flow1 bilinearly sampled at those centres (in view-1
         image pixels), i.e. the flow of the physical points that z3 describes;
-      - ``valid3`` bool (B, hr, wr): every view-1 pixel contributing to that sample is in
-        valid1 (and the point is inside view 1, always true by construction of G2);
+      - ``valid_rep1``, ``valid_rep2`` bool (B, hr, wr): :func:`cell_validity` of each
+        view's own representation pixels (receptive centre and support in valid1 / valid2);
+      - ``valid3`` bool (B, hr, wr): the view-2 representation pixel is valid
+        (``valid_rep2``), every view-1 representation pixel that z3's bilinear sample reads
+        is valid (``valid_rep1``), and the point is inside view 1 (true by construction of G2);
+      - ``flow_rep1`` float32 (B, hr, wr, 2): flow1 at view 1's own receptive centres (the
+        flow of z1's pixels, for s^(1,1) of App. C.1);
       - ``coords3`` float32 (hr·wr, 2): the view-2 representation pixels' centres in view-2
         IMAGE pixels, (x, y), row-major (for the radius of App. C.2);
       - ``affine1`` (B, 2, 3) view 1 → input, ``affine2`` (B, 2, 3) view 2 → view 1,
         ``affine12`` (B, 2, 3) view 2 → input (module docstring for the convention).
 
     Raises:
-      ValueError: bad shapes/dtypes of image, flow or valid, bad out_size, stride < 1 or
-        max_zoom < 1.
+      ValueError: bad shapes/dtypes of image, flow or valid, bad out_size, stride < 1,
+        max_zoom < 1, |grid_offset| ≥ stride or a negative valid_radius.
     """
     image = jnp.asarray(image)
     flow = jnp.asarray(flow)
@@ -431,6 +504,10 @@ def make_views(
         raise ValueError(f"stride must be a positive int (representation grid stride in pixels), got {stride!r}")
     if not max_zoom >= 1.0:
         raise ValueError(f"max_zoom must be >= 1 (1.5 = crops up to 150 % zoom), got {max_zoom}")
+    if grid_offset is not None and not (math.isfinite(float(grid_offset)) and abs(float(grid_offset)) < stride):
+        raise ValueError(f"grid_offset must be None or a number of pixels in (-stride, stride) = (-{stride}, {stride}), got {grid_offset!r}")
+    if not (isinstance(valid_radius, (int, np.integer)) and valid_radius >= 0):
+        raise ValueError(f"valid_radius must be an int >= 0 (pixels around a representation pixel's centre), got {valid_radius!r}")
     if photometric is not None and not isinstance(photometric, PhotometricParams):
         raise ValueError(f"photometric must be a PhotometricParams or None, got {type(photometric).__name__}")
 
@@ -465,12 +542,18 @@ def make_views(
     view2 = jnp.where(inside12[..., None], view2, 0.0)
     flow1 = jnp.where(inside1[..., None], flow1, 0.0)
 
+    rep = representation_grid((h, w), stride, grid_offset)
+    valid_rep1 = cell_validity(valid1, rep, valid_radius)
+    valid_rep2 = cell_validity(valid2, rep, valid_radius)
+    flow_rep1, _ = sample_bilinear(flow1, jnp.broadcast_to(rep, (b,) + rep.shape))
     grid2to1, points1 = representation_map(affine2, (h, w), stride, grid_offset)
     flow3, inside3 = sample_bilinear(flow1, points1)
-    valid_frac, _ = sample_bilinear(valid1.astype(jnp.float32)[..., None], points1)
-    valid3 = (valid_frac[..., 0] > 1.0 - 1e-4) & inside3
-    coords3 = representation_grid((h, w), stride, grid_offset).reshape(-1, 2)
+    # z3 reads up to four view-1 representation pixels: each must be valid (weight 1 − 1e-4 tolerance).
+    read_valid, _ = sample_bilinear(valid_rep1.astype(jnp.float32)[..., None], grid2to1)
+    valid3 = valid_rep2 & (read_valid[..., 0] > 1.0 - 1e-4) & inside3
+    coords3 = rep.reshape(-1, 2)
     return dict(
         view1=view1, view2=view2, valid1=valid1, valid2=valid2, flow1=flow1, grid2to1=grid2to1,
-        flow3=flow3, valid3=valid3, coords3=coords3, affine1=affine1, affine2=affine2, affine12=affine12,
+        flow3=flow3, valid3=valid3, valid_rep1=valid_rep1, valid_rep2=valid_rep2, flow_rep1=flow_rep1,
+        coords3=coords3, affine1=affine1, affine2=affine2, affine12=affine12,
     )

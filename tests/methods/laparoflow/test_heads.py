@@ -7,6 +7,7 @@ import pytest
 
 from jaxsurg.methods.laparoflow.heads import (
     KeypointHead,
+    LinearProbeHead,
     SideTuneNetwork,
     SideTuneSegmentationHead,
     count_params,
@@ -185,3 +186,26 @@ def test_bad_inputs_raise():
         _init_shapes(head, jnp.zeros((2, 64, 64, 3)), rep)
     with pytest.raises(ValueError, match="num_classes"):
         _init_shapes(SideTuneSegmentationHead(num_classes=0), image, rep)
+
+
+def test_linear_probe_is_a_per_pixel_linear_map_of_the_representation_upsampled():
+    image, rep = _inputs(2, 22, 30)
+    head = LinearProbeHead(num_classes=3)
+    variables = jax.jit(head.init)(jax.random.PRNGKey(0), image, rep)
+    shapes = jax.tree_util.tree_map(lambda a: a.shape, variables["params"])
+    assert shapes == {"classifier": {"kernel": (1, 1, 256, 3), "bias": (3,)}}
+    assert count_params(variables["params"]) == _conv_count(256, 3, 1)
+    out = head.apply(variables, image, rep)
+    assert out.shape == (2, 22, 30, 3) and out.dtype == jnp.float32
+    # = the logits W·z + b on the 1/4 grid, bilinearly upsampled (align_corners=False) as the other heads.
+    from jaxsurg.ops.resize import resize_bilinear
+
+    k, b = variables["params"]["classifier"]["kernel"][0, 0], variables["params"]["classifier"]["bias"]
+    want = resize_bilinear(jnp.einsum("bhwd,dk->bhwk", rep, k) + b, (22, 30), precision=jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    # The image enters by its size only (no side-tune network); every parameter gets a gradient.
+    np.testing.assert_array_equal(out, head.apply(variables, jnp.zeros_like(image), rep))
+    g = jax.grad(lambda p: jnp.mean(head.apply({"params": p}, image, rep) ** 2))(variables["params"])
+    assert all(np.abs(np.asarray(x)).max() > 0 for x in jax.tree_util.tree_leaves(g))
+    with pytest.raises(ValueError, match="num_classes"):
+        _init_shapes(LinearProbeHead(num_classes=0), image, rep)

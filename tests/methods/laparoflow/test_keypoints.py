@@ -131,7 +131,10 @@ def test_lovasz_term_matches_numpy_reference():
     np.testing.assert_allclose(got, ref, rtol=1e-5)
     full = kp.keypoint_loss(jnp.asarray(z), jnp.asarray(heat))
     bce = np.asarray(kp.keypoint_bce(jnp.asarray(z), jnp.asarray(heat)))
-    assert float(full) == pytest.approx(np.mean(np.asarray(ref) + bce), rel=1e-5)
+    # App. D.3: "we average the binary Lovász-Softmax loss and cross-entropy for every key
+    # point type" — per type the mean of the two terms (not their sum), then over the types.
+    assert float(full) == pytest.approx(np.mean((np.asarray(ref) + bce) / 2), rel=1e-5)
+    assert float(full) == pytest.approx(0.5 * (np.mean(ref) + np.mean(bce)), rel=1e-5)
 
 
 @pytest.mark.parametrize("use_lovasz", [False, True])

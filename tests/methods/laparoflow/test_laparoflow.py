@@ -178,3 +178,64 @@ def test_every_pretraining_loss_variant_gives_a_finite_loss_and_gradient(loss):
     value, grad = jax.jit(jax.value_and_grad(f))(z)
     assert np.isfinite(value) and value > 0
     assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).sum()) > 0
+
+
+def _small_backbone(monkeypatch):
+    """Every stage builds a narrow SegFormer (MiT-B0's kernels, strides and reduction ratios,
+    widths 8–64, one block per stage, 16-d representations) so that a run compiles quickly."""
+    from jaxsurg.methods.laparoflow import finetune, keypoint_stage, pretrain
+    from jaxsurg.methods.laparoflow.segformer import SegFormer
+
+    def small(config):
+        return SegFormer(embed_dims=(8, 16, 40, 64), depths=(1, 1, 1, 1), decoder_dim=32, out_dim=16)
+
+    for module in (pretrain, finetune, keypoint_stage):
+        monkeypatch.setattr(module, "build_backbone", small)
+
+
+def _config_module():
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    try:
+        import laparoflow as config_module  # configs/laparoflow.py
+    finally:
+        sys.path.pop(0)
+    return config_module
+
+
+def _plateau_args(tmp_path):
+    return ("variant=tiny,keypoints.enabled=False,val_frames=2,val_every=1,patience=1,total_steps=4,"
+            f"tfds_dir={tmp_path / 'tfds'}")
+
+
+@pytest.mark.slow
+def test_kept_pretraining_step_linear_probe_and_plateau_end_to_end(tmp_path, monkeypatch):
+    """One pretraining keeping step 1, fine-tuned from that step to a validation plateau with
+    the linear probe; summary.json reports the step, the head and the fine-tuning's steps."""
+    from jaxsurg.methods import laparoflow
+    from jaxsurg.methods.laparoflow import finetune, pretrain
+
+    _small_backbone(monkeypatch)
+    arg = _plateau_args(tmp_path) + ",pretrain.keep_steps=(1,),pretrain.use_step=1,head=linear_probe"
+    a = tmp_path / "a"
+    summary = laparoflow.run(_config_module().get_config(arg), str(a))
+    assert (a / "pretrain" / "kept" / "step_00000001.msgpack").exists()
+    assert summary["pretrain_step"] == 1 and summary["head"] == "linear_probe"
+    f = summary["finetune"]
+    assert f["head"] == "linear_probe" and f["val_frames"] == 2 and len(f["val_records"]) == 2
+    assert not set(f["val_records"]) & set(summary["labelled_records"])
+    assert 1 <= f["best_step"] <= f["steps"] <= 4 and f["stopped"] in ("plateau", "total_steps")
+    assert [s for s, _ in f["history"]] == list(range(1, f["steps"] + 1))
+    assert {"pretrain", "finetune", "eval"} <= set(summary["stage_seconds"])
+    reloaded = finetune.final_variables(laparoflow.resolve_task(_config_module().get_config(arg)), str(a))
+    assert set(reloaded) == {"params", "batch_stats"} and "classifier" in reloaded["params"]["head"]
+    # pretrain.use_step=0: frozen random features (the pretraining's starting point) under the
+    # side-tune head, the pretraining taken from the run above (use_step is not one of its keys)
+    arg0 = _plateau_args(tmp_path) + f",pretrain.keep_steps=(1,),pretrain.use_step=0,stages_from={a}"
+    summary0 = laparoflow.run(_config_module().get_config(arg0), str(tmp_path / "b"))
+    assert summary0["pretrain_step"] == 0 and summary0["head"] == "side_tune" and summary0["method"] == "laparoflow"
+    assert summary0["finetune"]["steps"] >= 1
+    assert {json.loads(line)["stage"] for line in open(tmp_path / "b" / "metrics.jsonl")} == {"finetune"}  # no pretraining here
+    config0 = laparoflow.resolve_task(_config_module().get_config(arg0))
+    _, start = pretrain.initial_backbone(config0)
+    backbone = finetune.final_variables(config0, str(tmp_path / "b"))["params"]["backbone"]
+    jax.tree.map(np.testing.assert_array_equal, backbone, start["params"])  # the random start, untouched

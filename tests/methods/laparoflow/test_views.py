@@ -1,7 +1,9 @@
 """Laparoflow-SSL view generation: affine conventions against jnp.rot90 / flips, exactness on
 linear images, the G2-inside-view-1 constraint, the representation-grid map (grid2to1) with a
-marker and with an average-pooling "backbone", flow/valid transport, photometric ranges
-against a colorsys reference, jit/vmap/determinism and input checks."""
+marker and with average-pooling "backbones" centred at 4i and 4i + 1.5, the grid against the
+SegFormer backbone's own input sensitivity, cell validity at the receptive centre and its
+support (rotation holes), flow/valid transport, photometric ranges against a colorsys
+reference, jit/vmap/determinism and input checks."""
 
 import colorsys
 import functools
@@ -47,6 +49,21 @@ def _flow_and_valid(b, h, w):
 
 
 NO_GEOMETRY = dict(max_zoom=1.0, rotate=False, flip=False)
+
+
+def _support_valid(valid, x, y, r):
+    """Brute force of views.cell_validity: (B, H, W) mask, integer centres x, y (hr, wr) →
+    (B, hr, wr), True where every pixel within Chebyshev distance r of the centre that lies
+    in the image is valid (and the centre itself lies in it)."""
+    b, hh, ww = valid.shape
+    out = np.zeros((b,) + x.shape, bool)
+    for idx in np.ndindex(x.shape):
+        cx, cy = int(x[idx]), int(y[idx])
+        if not (0 <= cx < ww and 0 <= cy < hh):
+            continue
+        patch = valid[:, max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
+        out[(slice(None),) + idx] = patch.reshape(b, -1).all(-1)
+    return out
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -122,14 +139,17 @@ def test_identity_geometry_reproduces_the_input_exactly():
     np.testing.assert_array_equal(v["valid2"], valid)
     rep = np.stack(np.meshgrid(np.arange(5), np.arange(4), indexing="xy"), -1)  # (4, 5, 2) = (j, i)
     np.testing.assert_allclose(v["grid2to1"], np.broadcast_to(rep, (2, 4, 5, 2)), atol=1e-6)
-    np.testing.assert_allclose(v["coords3"], 4 * rep.reshape(-1, 2) + 1.5)
-    # flow3 is the (linear) flow at the representation centres 4j + 1.5, 4i + 1.5.
-    x, y = 4 * rep[..., 0] + 1.5, 4 * rep[..., 1] + 1.5
-    np.testing.assert_allclose(v["flow3"][0, ..., 0], 0.1 * x + 0.2 * y + 1.0, atol=1e-5)
-    np.testing.assert_allclose(v["flow3"][0, ..., 1], -0.05 * x + 0.3 * y - 2.0, atol=1e-5)
-    # valid3: all 4 pixels around the centre valid.
-    v3 = valid[:, 1::4, 1::4] & valid[:, 1::4, 2::4] & valid[:, 2::4, 1::4] & valid[:, 2::4, 2::4]
-    np.testing.assert_array_equal(v["valid3"], v3)
+    np.testing.assert_allclose(v["coords3"], 4 * rep.reshape(-1, 2))  # receptive centres 4j, 4i
+    # flow3 and flow_rep1 are the (linear) flow at the receptive centres 4j, 4i.
+    x, y = 4 * rep[..., 0], 4 * rep[..., 1]
+    for key in ("flow3", "flow_rep1"):
+        np.testing.assert_allclose(v[key][0, ..., 0], 0.1 * x + 0.2 * y + 1.0, atol=1e-5)
+        np.testing.assert_allclose(v[key][0, ..., 1], -0.05 * x + 0.3 * y - 2.0, atol=1e-5)
+    # valid3 (= valid_rep1 = valid_rep2 here): every pixel within 3 px of the centre valid.
+    v3 = _support_valid(valid, x, y, 3)
+    for key in ("valid3", "valid_rep1", "valid_rep2"):
+        np.testing.assert_array_equal(v[key], v3)
+    assert v3.any() and not v3.all()
     # Identity photometric parameters: equal up to the HSV round trip.
     w = views.make_views(jax.random.PRNGKey(0), img, flow, valid, (16, 20), photometric=PhotometricParams.identity(), **NO_GEOMETRY)
     np.testing.assert_allclose(w["view1"], img, atol=2e-6)
@@ -203,8 +223,8 @@ def test_every_view2_pixel_lies_inside_view1(out_hw):
     assert angles.min() < -170 and angles.max() > 170 and abs(np.mean(np.abs(angles)) - 90) < 5
     flips = np.linalg.det(aff[:, :, :2]) < 0
     assert 0.45 < flips.mean() < 0.55
-    # The same constraint seen through make_views: every view-2 representation centre that lies
-    # in view 2's image (all of them when stride divides the size) lands inside view 1.
+    # The same constraint seen through make_views: every view-2 representation centre (4j, 4i:
+    # all lie in view 2's image, whatever the size) lands inside view 1.
     img = np.random.default_rng(0).random((32, h + 3, w + 5, 3)).astype(np.float32)
     flow, valid = _flow_and_valid(32, h + 3, w + 5)
     v = views.make_views(jax.random.PRNGKey(6), img, flow, valid, out_hw, stride=4)
@@ -212,12 +232,9 @@ def test_every_view2_pixel_lies_inside_view1(out_hw):
     hr, wr = -(-h // 4), -(-w // 4)
     assert g.shape == (32, hr, wr, 2)
     c3 = np.asarray(v["coords3"]).reshape(hr, wr, 2)
-    in_view2 = (c3[..., 0] <= w - 0.5) & (c3[..., 1] <= h - 0.5)
-    assert in_view2.all() == (h % 4 == 0 and w % 4 == 0)
-    g = g[:, in_view2]
-    assert g[..., 0].min() >= -0.5 - tol and g[..., 1].min() >= -0.5 - tol
-    assert g[..., 0].max() <= w / 4 - 0.5 + tol and g[..., 1].max() <= h / 4 - 0.5 + tol
-    p1 = 4 * g + 1.5  # in view-1 image pixels
+    assert (c3[..., 0] <= w - 1).all() and (c3[..., 1] <= h - 1).all()
+    p1 = 4 * g  # in view-1 image pixels
+    assert p1[..., 0].min() >= -0.5 - tol and p1[..., 1].min() >= -0.5 - tol
     assert p1[..., 0].max() <= w - 0.5 + tol and p1[..., 1].max() <= h - 0.5 + tol
 
 
@@ -233,33 +250,54 @@ def test_g1_zoom_range_and_no_holes_without_rotation():
 
 
 def test_grid2to1_moves_a_marker_like_the_image():
-    # G2 = rotation by 90° (and a flip) about the centre: view 2 = rot90(view 1), so the
-    # representation maps must satisfy z3 = rot90(z1) exactly, marker included.
+    # G2 = rotation by 90° (and a flip) about the centre: view 2 = rot90(view 1). On a grid
+    # symmetric about the frame's centre (cells centred at 4i + 1.5, a 4×4-block backbone)
+    # the representation maps must satisfy z3 = rot90(z1) exactly, marker included.
     out_hw, stride = (32, 32), 4
     z1 = np.zeros((2, 8, 8, 2), np.float32)
     z1[:, 1, 6, 0] = 1.0  # the marker
     z1[..., 1] = np.random.default_rng(8).random((2, 8, 8))
     for flip, ref in [(False, np.rot90(z1, 1, axes=(1, 2))), (True, np.rot90(z1, 1, axes=(1, 2))[:, :, ::-1])]:
         a2 = views.view_affine(90.0, 1.0, flip, (15.5, 15.5), out_hw)[None].repeat(2, 0)
-        grid2to1, points1 = views.representation_map(a2, out_hw, stride)
+        grid2to1, points1 = views.representation_map(a2, out_hw, stride, grid_offset=1.5)
         z3, inside = views.sample_bilinear(z1, grid2to1)
         assert bool(inside.all())
         np.testing.assert_allclose(z3, ref, atol=1e-5)
         i, j = np.unravel_index(np.argmax(np.asarray(z3[0, ..., 0])), (8, 8))
         assert (i, j) == ((1, 1) if not flip else (1, 6))  # rot90 moves (1, 6) to (1, 1); the flip mirrors it
         np.testing.assert_allclose(points1, 4 * np.asarray(grid2to1) + 1.5, atol=1e-5)
+        # SegFormer's grid (cells centred at 4i, default): the receptive centres map by G2 itself.
+        grid2to1, points1 = views.representation_map(a2, out_hw, stride)
+        want = _map(np.asarray(a2, np.float64), np.broadcast_to(4 * _grid(8, 8), (2, 64, 2))).reshape(2, 8, 8, 2)
+        np.testing.assert_allclose(points1, want, atol=1e-4)
+        np.testing.assert_allclose(4 * np.asarray(grid2to1), want, atol=1e-4)
 
 
-def test_grid2to1_and_flow3_with_an_average_pooling_backbone():
-    """z = 4×4 average pooling of the view (centres at 4i + 1.5): on linear images and flows
-    z3 = sample(z1, grid2to1) must equal z2, and flow3 the input flow at the same points."""
-    (hh, ww), (h, w), b = (40, 48), (24, 24), 8
-    v = _random_ramp_views(seed=9, b=b, in_hw=(hh, ww), out_hw=(h, w))[-1]
-
-    def pool(a):
+def _pool(a, offset):
+    """A stride-4 "backbone" on (B, h, w, C): offset 1.5 = means of 4×4 blocks (cells centred
+    at 4i + 1.5); offset 0 = means of the 5×5 windows centred on 4i (zero-padded beyond the
+    border, cells centred at 4i like SegFormer's). On linear images each cell is the image's
+    value at its centre wherever its window is clean."""
+    a = np.asarray(a, np.float64)
+    b, h, w = a.shape[:3]
+    if offset == 1.5:
         return a.reshape(b, h // 4, 4, w // 4, 4, -1).mean(axis=(2, 4))
+    p = np.pad(a, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    out = np.zeros((b, h // 4, w // 4, a.shape[-1]))
+    for dy in range(5):
+        for dx in range(5):
+            out += p[:, dy:dy + h:4, dx:dx + w:4] / 25.0
+    return out
 
-    z1, z2 = pool(v["view1"]), pool(v["view2"])
+
+@pytest.mark.parametrize("offset", [0.0, 1.5])
+def test_grid2to1_and_flow3_with_an_average_pooling_backbone(offset):
+    """z = an average-pooling "backbone" whose cells are centred at 4i + offset (``_pool``):
+    with ``grid_offset=offset``, on linear images and flows z3 = sample(z1, grid2to1) must
+    equal z2, and flow3 the input flow at the same points; the other offset breaks it."""
+    (hh, ww), (h, w), b = (40, 48), (24, 24), 8
+    v = _random_ramp_views(seed=9, b=b, in_hw=(hh, ww), out_hw=(h, w), grid_offset=offset)[-1]
+    z1, z2 = _pool(v["view1"], offset), _pool(v["view2"], offset)
     z3, _ = views.sample_bilinear(z1, v["grid2to1"])
     # Exactness needs linear z1, z2: every pooled pixel from the input interior.
     pix = _grid(h, w)
@@ -269,22 +307,23 @@ def test_grid2to1_and_flow3_with_an_average_pooling_backbone():
         c = (p[..., 0] >= 0) & (p[..., 0] <= ww - 1) & (p[..., 1] >= 0) & (p[..., 1] <= hh - 1)
         return c.reshape(b, h, w, 1)
 
-    c1 = pool(clean(v["affine1"]).astype(np.float32)) == 1
-    c2 = pool(clean(v["affine12"]).astype(np.float32))[..., 0] == 1
+    c1 = _pool(clean(v["affine1"]).astype(np.float32), offset) > 1 - 1e-9
+    c2 = _pool(clean(v["affine12"]).astype(np.float32), offset)[..., 0] > 1 - 1e-9
     frac, _ = views.sample_bilinear(c1.astype(np.float32), v["grid2to1"])
     g = v["grid2to1"]
     ok = (np.asarray(frac)[..., 0] > 1 - 1e-5) & c2 & (g.min(-1) >= 0) & (g[..., 0] <= w // 4 - 1) & (g[..., 1] <= h // 4 - 1)
-    assert ok.mean() > 0.3
+    assert ok.mean() > 0.2
     np.testing.assert_allclose(np.asarray(z3)[ok], z2[ok], atol=1e-4)
-    # A wrong grid offset (0 instead of 1.5) breaks it for rotated/zoomed views.
-    wrong, _ = views.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=0.0)
+    # The other grid offset breaks it for rotated/zoomed views.
+    wrong, _ = views.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=1.5 - offset)
     z3w, _ = views.sample_bilinear(z1, wrong)
     assert np.abs(np.asarray(z3w)[ok] - z2[ok]).max() > 1e-3
     # flow3 = input flow at affine12(centre) where the view-1 pixels around it are clean.
     rep = np.asarray(v["coords3"], np.float64)
+    np.testing.assert_allclose(rep.reshape(h // 4, w // 4, 2), 4 * _grid(h // 4, w // 4).reshape(h // 4, w // 4, 2) + offset)
     p = _map(v["affine12"].astype(np.float64), np.broadcast_to(rep, (b, len(rep), 2))).reshape(b, h // 4, w // 4, 2)
     want = np.stack([0.1 * p[..., 0] + 0.2 * p[..., 1] + 1.0, -0.05 * p[..., 0] + 0.3 * p[..., 1] - 2.0], -1)
-    frac1, _ = views.sample_bilinear(clean(v["affine1"]).astype(np.float32), jnp.asarray(4 * g + 1.5))
+    frac1, _ = views.sample_bilinear(clean(v["affine1"]).astype(np.float32), jnp.asarray(4 * g + offset))
     okf = np.asarray(frac1)[..., 0] > 1 - 1e-5
     assert okf.mean() > 0.5
     np.testing.assert_allclose(v["flow3"][okf], want[okf], atol=2e-3)
@@ -303,7 +342,7 @@ def test_valid_masks_holes_and_flow_vector_rotation():
     # valid3 implies the view-1 pixel nearest to the point is valid.
     _, circle = _flow_and_valid(b, hh, ww)
     v = views.make_views(jax.random.PRNGKey(11), img, flow, circle & (np.arange(ww) < 12), (h, w))
-    p = 4 * np.asarray(v["grid2to1"]) + 1.5
+    p = 4 * np.asarray(v["grid2to1"]) + views.RECEPTIVE_OFFSET
     xi, yi = np.floor(p[..., 0] + 0.5).astype(int).clip(0, w - 1), np.floor(p[..., 1] + 0.5).astype(int).clip(0, h - 1)
     near = np.asarray(v["valid1"])[np.arange(b)[:, None, None], yi, xi]
     assert np.all(near[np.asarray(v["valid3"])]) and (~np.asarray(v["valid3"])).any() and np.asarray(v["valid3"]).any()
@@ -314,6 +353,110 @@ def test_valid_masks_holes_and_flow_vector_rotation():
     for k in range(b):
         np.testing.assert_allclose(got[k][~holes[k]], np.broadcast_to(want[k], ((~holes[k]).sum(), 2)), atol=1e-4)
     assert np.abs(want - [1.0, 0.5]).max() > 0.1
+
+
+def test_cell_validity_matches_brute_force():
+    rng = np.random.default_rng(21)
+    valid = rng.random((3, 13, 18)) > 0.15
+    rep = np.asarray(views.representation_grid((13, 18), 4))  # centres 4j, 4i: all in the frame
+    for r in (0, 1, 3):
+        got = np.asarray(views.cell_validity(valid, rep, r))
+        np.testing.assert_array_equal(got, _support_valid(valid, rep[..., 0], rep[..., 1], r))
+    # Per-example centres; a centre outside the frame is invalid, support beyond the border is not held against it.
+    centres = np.broadcast_to(np.array([[[[0.0, 0.0], [17.4, 12.2], [-0.9, 3.0]]]], np.float32), (3, 1, 3, 2))
+    ones = np.ones((3, 13, 18), bool)
+    np.testing.assert_array_equal(views.cell_validity(ones, centres, 3), np.broadcast_to([[True, True, False]], (3, 1, 3)))
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        views.cell_validity(ones, rep, -1)
+    with pytest.raises(ValueError, match=r"valid must be \(B, H, W\)"):
+        views.cell_validity(ones[0], rep, 1)
+
+
+def test_representation_grid_is_centred_where_the_backbone_is_sensitive():
+    """The grid of make_views (views.representation_grid's default) against the backbone's own
+    input sensitivity: |∂(u·z[i, j])/∂x| of interior cells of a 64×64 input, two random inits
+    and directions u. MiT-B0's kernels, strides, paddings, reduction ratios and heads, the
+    actual SegFormer code path, with narrower widths and one block per stage to stay cheap."""
+    from jaxsurg.methods.laparoflow.segformer import SegFormer
+
+    h = w = 64
+    model = SegFormer(embed_dims=(8, 16, 40, 64), depths=(1, 1, 1, 1), decoder_dim=32, out_dim=16, drop_path=0.0, dropout=0.0)
+    cells = np.array([(i, j) for i in range(6, 10) for j in range(6, 10)])  # away from the frame's border
+    x = jax.random.uniform(jax.random.PRNGKey(0), (1, h, w, 3))
+
+    @jax.jit
+    def sensitivity(key):
+        k_init, k_dir = jax.random.split(key)
+        variables = model.init(k_init, x)
+        z, vjp = jax.vjp(lambda x: model.apply(variables, x)[0], x)
+        u = jax.random.normal(k_dir, (z.shape[-1],))
+        one = lambda ij: jnp.abs(vjp(jnp.zeros_like(z).at[ij[0], ij[1]].set(u))[0][0]).sum(-1)  # noqa: E731
+        return jax.lax.map(one, jnp.asarray(cells))
+
+    sens = np.stack([np.asarray(sensitivity(jax.random.key(s, impl="rbg"))) for s in range(2)])  # (2, 16, h, w)
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+
+    def centroid(m, centre, r=None):
+        if r is not None:
+            m = m * ((np.abs(xx - centre[0]) <= r + 0.5) & (np.abs(yy - centre[1]) <= r + 0.5))
+        return np.array([(m * xx).sum(), (m * yy).sum()]) / m.sum() - centre
+
+    grid = np.asarray(views.representation_grid((h, w), 4))
+    ours, half_pixel, first_moment = [], [], []
+    for per_init in sens:
+        for (i, j), m in zip(cells, per_init):
+            ours.append(centroid(m, grid[i, j], r=4))  # within one cell's stride of our centre
+            half_pixel.append(centroid(m, np.array([4 * j + 1.5, 4 * i + 1.5]), r=4))  # the former grid
+            first_moment.append(centroid(m, np.array([4 * j, 4 * i])))  # unwindowed, about 4i
+    ours, half_pixel, first_moment = (np.mean(a, axis=0) for a in (ours, half_pixel, first_moment))
+    # Our grid point is the centroid of the sensitivity around it (measured: −0.1 px on each axis).
+    assert np.all(np.abs(ours) < 0.35), ours
+    # Around 4i + 1.5 the sensitivity's centroid lies back towards 4i (measured: −0.85 px), and
+    # the far field (the upsampled coarse stages) pulls the whole first moment to the top-left
+    # (measured: about −4 px): no measure puts the centre at 4i + 1.5.
+    assert np.all(half_pixel < -0.5), half_pixel
+    assert np.all(first_moment < -1.0), first_moment
+
+
+def test_cells_bordering_rotation_holes_are_left_out():
+    """valid3 judges a representation pixel at its receptive centre (4j, 4i) and its support
+    (3 px around it), in view 2 and in every view-1 cell z3 reads: the former rule (a point at
+    4i + 1.5 with its four view-1 pixels valid) counted cells whose centre lies in a hole."""
+    (hh, ww), (h, w), b = (32, 32), (32, 32), 64
+    img = np.random.default_rng(22).random((b, hh, ww, 3)).astype(np.float32)
+    flow = np.broadcast_to(np.array([1.0, 0.5], np.float32), (b, hh, ww, 2))
+    v = jax.tree.map(np.asarray, views.make_views(jax.random.PRNGKey(23), img, flow, np.ones((b, hh, ww), bool), (h, w)))
+    assert (~v["valid2"]).any()  # whole frames valid: the holes are the rotations'
+    rep = np.asarray(views.representation_grid((h, w), 4))
+    x, y = rep[..., 0].astype(int), rep[..., 1].astype(int)
+    centre2 = v["valid2"][:, y, x]
+    support2 = _support_valid(v["valid2"], x, y, 3)
+    support1 = _support_valid(v["valid1"], x, y, 3)
+    np.testing.assert_array_equal(v["valid_rep2"], support2)
+    np.testing.assert_array_equal(v["valid_rep1"], support1)
+    v3 = v["valid3"]
+    assert 0.5 < v3.mean() < 1.0
+    assert not (v3 & ~support2).any()
+    # Every view-1 representation pixel that z3's bilinear sample reads (weight > 1e-4) is valid.
+    g = v["grid2to1"]
+    lo = np.floor(g)
+    frac = g - lo
+    for dx in (0, 1):
+        for dy in (0, 1):
+            weight = np.abs(1 - dx - frac[..., 0]) * np.abs(1 - dy - frac[..., 1])
+            j1 = np.clip(lo[..., 0] + dx, 0, w // 4 - 1).astype(int)
+            i1 = np.clip(lo[..., 1] + dy, 0, h // 4 - 1).astype(int)
+            read = v3 & (weight > 1e-4)
+            assert support1[np.arange(b)[:, None, None], i1, j1][read].all()
+    # The former rule counted cells whose receptive centre lies in a hole; they are out now.
+    _, old_points = views.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=1.5)
+    frac, _ = views.sample_bilinear(jnp.asarray(v["valid1"], jnp.float32)[..., None], old_points)
+    old3 = np.asarray(frac)[..., 0] > 1 - 1e-4
+    in_hole = old3 & ~centre2
+    assert in_hole.sum() >= 3 and not (v3 & in_hole).any()
+    # So are cells with a valid centre whose support reaches into a hole.
+    bordering = centre2 & ~support2
+    assert bordering.sum() >= 10 and not (v3 & bordering).any()
 
 
 # ------------------------------------------------------------------------------ photometric
