@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from typing import Any, Sequence
@@ -258,7 +259,8 @@ def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command
             rows.setdefault(row, [])
             continue
         summary = _read(path)
-        header = header or {k: summary.get(k) for k in ("method", "dataset", "task")}
+        for k in ("method", "dataset", "task"):  # a value that varies over the cells lists them all
+            header[k] = " | ".join(dict.fromkeys(filter(None, (*(header.get(k) or "").split(" | "), str(summary.get(k))))))
         class_names = class_names or [c for c in summary.get("class_names", []) if c != "background"]
         figures = cell_figures(summary)
         rows.setdefault(row, []).append(figures)
@@ -378,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         states = [cell_state(args.root, c) for c in cells]
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"jaxsurg.sweep: {e}") from None
-    command = "python -m jaxsurg.sweep " + " ".join(argv)
+    command = "python -m jaxsurg.sweep " + shlex.join(a for a in argv if a != "--report")
     failed = []
     for i, (cell, state) in enumerate(zip(cells, states)):
         line = f"sweep: cell {i + 1}/{len(cells)} {cell.name}"
