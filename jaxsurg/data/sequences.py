@@ -63,6 +63,25 @@ class TrainSequence:
         return len(self.frames)
 
 
+def video_runs(video_id: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each entry's video run starts and ends: a run is consecutive records
+    (``rows[i + 1] == rows[i] + 1``) of one video.
+
+    Args:
+      video_id: int (N,) video of each entry. rows: int (N,) record indices, increasing.
+
+    Returns:
+      (starts, ends): int (N,) index of the first and of the last entry of each entry's run.
+    """
+    n = len(rows)
+    new_video = np.ones(n, bool)
+    new_video[1:] = (video_id[1:] != video_id[:-1]) | (rows[1:] != rows[:-1] + 1)
+    group = np.cumsum(new_video) - 1
+    first = np.flatnonzero(new_video)
+    last = np.append(first[1:] - 1, n - 1)
+    return first[group], last[group]
+
+
 def load_train_sequence(config: ml_collections.ConfigDict, data: pipeline.LoadedDataset) -> TrainSequence:
     """Reads every training record (``data.train_all_rows``), resizes it to ``config.resize``
     and computes the backward flows with ``config.flow_method``."""
@@ -80,12 +99,7 @@ def load_train_sequence(config: ml_collections.ConfigDict, data: pipeline.Loaded
         fwd.append(ex["flow"][0].astype(np.float32))
     video_id = data.train_index.video_id[rows].astype(np.int64)
     n = len(rows)
-    new_video = np.ones(n, bool)
-    new_video[1:] = (video_id[1:] != video_id[:-1]) | (rows[1:] != rows[:-1] + 1)
-    group = np.cumsum(new_video) - 1
-    first = np.flatnonzero(new_video)
-    last = np.append(first[1:] - 1, n - 1)
-    starts, ends = first[group], last[group]
+    starts, ends = video_runs(video_id, rows)
     position = np.arange(n) - starts
     frames_arr = np.stack(imgs)
     flow_fwd = np.stack(fwd)

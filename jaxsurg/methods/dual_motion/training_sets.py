@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from jaxsurg.data import sequences
 
 # What each arm's segmentation set holds (``config.segment``): the paper's Table 1 rows.
 ARM_SETS = {
@@ -77,12 +78,7 @@ def layout_of(data: Any) -> Layout:
         raise ValueError("the dataset has no training frames")
     video_id = np.asarray(data.train_index.video_id)[rows].astype(np.int64)
     n = len(rows)
-    new_video = np.ones(n, bool)
-    new_video[1:] = (video_id[1:] != video_id[:-1]) | (rows[1:] != rows[:-1] + 1)
-    group = np.cumsum(new_video) - 1
-    first = np.flatnonzero(new_video)
-    last = np.append(first[1:] - 1, n - 1)
-    starts, ends = first[group], last[group]
+    starts, ends = sequences.video_runs(video_id, rows)
     labelled = np.isin(rows, np.asarray(data.train_rows, np.int64))
     return Layout(labelled, video_id, np.arange(n) - starts, starts, ends)
 
