@@ -113,17 +113,8 @@ class Frame:
 
 
 @dataclasses.dataclass(eq=False)
-class CholecSeg8kConfig(tfds.core.BuilderConfig):
-    """How flow is computed.
-
-    Attributes:
-      flow_method, flow_preset: see ``jaxsurg.data.flow.optical_flow``.
-      flow_steps_per_pixel: flow is stored rounded to 1/this px (0 = exact float32).
-    """
-
-    flow_method: str = "dis"
-    flow_preset: str = "medium"
-    flow_steps_per_pixel: int = common.FLOW_STEPS_PER_PIXEL
+class CholecSeg8kConfig(common.FlowConfig):
+    """How flow is computed (``common.FlowConfig``)."""
 
 
 def _video_of(folder: str, root: str) -> tuple[int, str]:

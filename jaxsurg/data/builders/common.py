@@ -346,6 +346,21 @@ def in_background(items: Iterator[T], ahead: int = 2) -> Iterator[T]:
 # ----------------------------------------------------------------------------- configs
 
 
+@dataclasses.dataclass(eq=False)
+class FlowConfig(tfds.core.BuilderConfig):
+    """The config of a builder that stores forward optical flow between consecutive frames
+    (``with_flow``); builders with more settings subclass it.
+
+    Attributes:
+      flow_method, flow_preset: see ``jaxsurg.data.flow.optical_flow``.
+      flow_steps_per_pixel: flow is stored rounded to 1/this px (0 = exact float32).
+    """
+
+    flow_method: str = "dis"
+    flow_preset: str = "medium"
+    flow_steps_per_pixel: int = FLOW_STEPS_PER_PIXEL
+
+
 # BuilderConfig fields that a config string may not set.
 _RESERVED_FIELDS = frozenset({"name", "version", "release_notes", "supported_versions", "tags", "description"})
 

@@ -346,17 +346,8 @@ def plan(root: str) -> dict[str, list[tuple[Video, Labelled]]]:
 
 
 @dataclasses.dataclass(eq=False)
-class Endovis15KeypointsConfig(tfds.core.BuilderConfig):
-    """How flow is computed.
-
-    Attributes:
-      flow_method, flow_preset: see ``jaxsurg.data.flow.optical_flow``.
-      flow_steps_per_pixel: flow is stored rounded to 1/this px (0 = exact float32).
-    """
-
-    flow_method: str = "dis"
-    flow_preset: str = "medium"
-    flow_steps_per_pixel: int = common.FLOW_STEPS_PER_PIXEL
+class Endovis15KeypointsConfig(common.FlowConfig):
+    """How flow is computed (``common.FlowConfig``)."""
 
 
 class Endovis15Keypoints(common.FrameSequenceBuilder):

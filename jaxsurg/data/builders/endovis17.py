@@ -122,14 +122,12 @@ class Frame:
 
 
 @dataclasses.dataclass(eq=False)
-class Endovis17Config(tfds.core.BuilderConfig):
-    """Crop and flow.
+class Endovis17Config(common.FlowConfig):
+    """Crop and flow (the flow fields of ``common.FlowConfig``).
 
     Attributes:
       crop: whether frames and masks are cropped to the box below (rows
         ``crop_top:crop_top+crop_height``, columns ``crop_left:crop_left+crop_width``).
-      flow_method, flow_preset: see ``jaxsurg.data.flow.optical_flow``.
-      flow_steps_per_pixel: flow is stored rounded to 1/this px (0 = exact float32).
     """
 
     crop: bool = True
@@ -137,9 +135,6 @@ class Endovis17Config(tfds.core.BuilderConfig):
     crop_left: int = 320
     crop_height: int = 1024
     crop_width: int = 1280
-    flow_method: str = "dis"
-    flow_preset: str = "medium"
-    flow_steps_per_pixel: int = common.FLOW_STEPS_PER_PIXEL
 
 
 def instrument_type(folder_name: str) -> int:

@@ -104,17 +104,14 @@ class Frame:
 
 
 @dataclasses.dataclass(eq=False)
-class LabelmeConfig(tfds.core.BuilderConfig):
-    """Attributes:
+class LabelmeConfig(common.FlowConfig):
+    """The label map, and the flow fields of ``common.FlowConfig``.
+
+    Attributes:
       label_map: space-separated ``label:class`` pairs (module docstring).
-      flow_method, flow_preset: see ``jaxsurg.data.flow.optical_flow``.
-      flow_steps_per_pixel: flow is stored rounded to 1/this px (0 = exact float32).
     """
 
     label_map: str = DEFAULT_LABEL_MAP
-    flow_method: str = "dis"
-    flow_preset: str = "medium"
-    flow_steps_per_pixel: int = common.FLOW_STEPS_PER_PIXEL
 
 
 def normalize_label(label: str) -> str:

@@ -47,23 +47,18 @@ sort in time, e.g. frame_0001.png), at any depth:
 
 
 @dataclasses.dataclass(eq=False)
-class SurgicalVideoConfig(tfds.core.BuilderConfig):
-    """Resampling, resizing and flow.
+class SurgicalVideoConfig(common.FlowConfig):
+    """Resampling, resizing, and the flow fields of ``common.FlowConfig``.
 
     Attributes:
       fps: target frame rate (frames/s); 0 keeps every frame.
       source_fps: frame rate of frame folders (and of files whose container has none).
       max_side: longest side in px frames are shrunk to; None keeps the size.
-      flow_method, flow_preset: see ``jaxsurg.data.flow.optical_flow``.
-      flow_steps_per_pixel: flow is stored rounded to 1/this px (0 = exact float32).
     """
 
     fps: float = 5.0
     source_fps: float = 25.0
     max_side: int | None = None
-    flow_method: str = "dis"
-    flow_preset: str = "medium"
-    flow_steps_per_pixel: int = common.FLOW_STEPS_PER_PIXEL
 
 
 @dataclasses.dataclass(frozen=True)
