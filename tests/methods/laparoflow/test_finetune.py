@@ -12,14 +12,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxsurg.config import stage_block
 from jaxsurg.data.sequences import Identity
 from jaxsurg.losses.segmentation import cross_entropy
 from jaxsurg.methods.laparoflow import finetune
 from jaxsurg.methods.laparoflow.heads import LinearProbeHead, SideTuneSegmentationHead
-from jaxsurg.train import mesh as mesh_lib
-from jaxsurg.train import step as step_lib
 from jaxsurg.train.state import TrainState, adam_with_step_decay
+from toy_stage import toy_stage
 
 
 def test_head_of_the_config_and_its_loss():
@@ -81,23 +79,7 @@ LOSSES = {2: 5.0, 4: 4.0, 6: 4.5, 8: 3.9, 10: 4.2, 12: 4.1, 14: 1.0, 16: 1.0}
 
 
 def _toy_stage():
-    mesh = mesh_lib.make_mesh()
-    examples = [{"x": np.full((1,), i, np.float32)} for i in range(8)]
-
-    def fit(state, batch):
-        def loss_fn(p):
-            return jnp.mean((p["w"][0] - batch["x"]) ** 2), {}
-
-        state, loss, _, _ = step_lib.gradient_step(state, loss_fn)
-        return state, {"loss": loss}
-
-    def fresh():
-        tx, schedule = adam_with_step_decay(0.1)
-        return step_lib.put_replicated(TrainState.create({"w": jnp.arange(3.0)}, tx, schedule=schedule), mesh)
-
-    block = stage_block(total_steps=16, batch_size=2 * jax.device_count(), log_every=1, checkpoint_every=3)
-    config = ml_collections.ConfigDict(dict(seed=0, data_threads=1, keep_checkpoints=2))
-    return mesh, examples, step_lib.jit_step(fit, mesh), fresh, block, config
+    return toy_stage(total_steps=16, log_every=1, checkpoint_every=3, keep_checkpoints=2)
 
 
 def _plateau(workdir, validate):

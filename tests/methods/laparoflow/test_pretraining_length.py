@@ -12,15 +12,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxsurg.config import stage_block
 from jaxsurg.data.sequences import Identity
 from jaxsurg.methods import laparoflow
 from jaxsurg.methods.laparoflow import pretrain
 from jaxsurg.methods.laparoflow.config import check_pretrain_steps, resolve_task
-from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
-from jaxsurg.train import step as step_lib
-from jaxsurg.train.state import TrainState, adam_with_step_decay
+from toy_stage import toy_stage
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
@@ -35,23 +32,7 @@ def _config(arg="variant=tiny"):
 
 
 def _toy_stage():
-    mesh = mesh_lib.make_mesh()
-    examples = [{"x": np.full((1,), i, np.float32)} for i in range(8)]
-
-    def fit(state, batch):
-        def loss_fn(p):
-            return jnp.mean((p["w"][0] - batch["x"]) ** 2), {}
-
-        state, loss, _, _ = step_lib.gradient_step(state, loss_fn)
-        return state, {"loss": loss}
-
-    def fresh():
-        tx, schedule = adam_with_step_decay(0.1, decay_factor=0.5, decay_every=4)  # the schedule spans the whole run
-        return step_lib.put_replicated(TrainState.create({"w": jnp.arange(3.0)}, tx, schedule=schedule), mesh)
-
-    block = stage_block(total_steps=9, batch_size=2 * jax.device_count(), log_every=2, checkpoint_every=4)
-    config = ml_collections.ConfigDict(dict(seed=0, data_threads=1, keep_checkpoints=1))
-    return mesh, examples, step_lib.jit_step(fit, mesh), fresh, block, config
+    return toy_stage(total_steps=9, log_every=2, checkpoint_every=4, keep_checkpoints=1, decay_factor=0.5, decay_every=4)  # the schedule spans the whole run
 
 
 def _train(workdir, steps=None, keep=()):
