@@ -3,7 +3,6 @@ written in the official training and test layouts."""
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 
@@ -13,6 +12,8 @@ import pytest
 
 from jaxsurg.data import builders, datasets
 from jaxsurg.data.builders import endovis17
+import builder_checks
+from builder_checks import records
 
 # Full frames of H×W; the builder crops rows TOP:TOP+CH, columns LEFT:LEFT+CW (the release:
 # 1080×1920 cropped at 28, 320 to 1024×1280).
@@ -88,9 +89,8 @@ def write_test_labels(video: str, indices, parts=TEST_PARTS) -> None:
         write_png(os.path.join(video, "TypeSegmentation", name), codes({(0, 4, 0, 8): 6}))
 
 
-def records(builder, split: str) -> list[dict]:
-    source = builder.as_data_source()[split]
-    return [source[i] for i in range(len(source))]
+def expect_error(tmp_path, root, error, *patterns, config=CROP):
+    builder_checks.expect_error(tmp_path, "endovis17", root, error, *patterns, config=config)
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +193,6 @@ def test_no_crop_keeps_full_frames(tmp_path):
 
 
 # ----------------------------------------------------------------------------- refused inputs
-
-
-def expect_error(tmp_path, root, error, *patterns, config=CROP):
-    data_dir = str(tmp_path / "tfds")
-    with pytest.raises(error) as info:
-        builders.prepare("endovis17", data_dir=data_dir, manual_dir=root, config=config)
-    for pattern in patterns:
-        assert pattern in str(info.value), (pattern, str(info.value))
-    assert not glob.glob(os.path.join(data_dir, "endovis17", "*", "1.0.0")) and not glob.glob(os.path.join(data_dir, "**", "*incomplete*"), recursive=True)
 
 
 def one_video(root: str, labels=None, **kw) -> str:

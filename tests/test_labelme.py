@@ -3,7 +3,6 @@ CholecT50 VID03 sample (10 frames) when it is present."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -13,6 +12,8 @@ import pytest
 
 from jaxsurg.data import builders, pipeline
 from jaxsurg.data.builders import common, labelme
+import builder_checks
+from builder_checks import records
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 VID03 = os.path.join(REPO, "..", "shared", "data", "cholect50_vid03")
@@ -45,21 +46,6 @@ def poly(label: str, points, kind: str = "polygon") -> dict:
 
 def box(x0: int, y0: int, x1: int, y1: int) -> list:
     return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
-
-
-def records(builder) -> list[dict]:
-    source = builder.as_data_source()["train"]
-    return [source[i] for i in range(len(source))]
-
-
-def expect_error(tmp_path, root: str, error, *patterns, config=None) -> None:
-    data_dir = str(tmp_path / "tfds")
-    with pytest.raises(error) as info:
-        builders.prepare("labelme", data_dir=data_dir, manual_dir=root, config=config)
-    for pattern in patterns:
-        assert pattern in str(info.value), (pattern, str(info.value))
-    assert not glob.glob(os.path.join(data_dir, "labelme", "*", "1.0.0"))
-    assert not glob.glob(os.path.join(data_dir, "**", "*incomplete*"), recursive=True)
 
 
 def two_videos(root: str) -> dict:
@@ -97,6 +83,10 @@ def two_videos(root: str) -> dict:
     want_a[1:3, 1:3] = 1
     out[0, 3] = (jpeg, want_a)
     return out
+
+
+def expect_error(tmp_path, root, error, *patterns, config=None):
+    builder_checks.expect_error(tmp_path, "labelme", root, error, *patterns, config=config)
 
 
 def test_label_map_parsing_and_config_strings():

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import glob
 import os
 
 import cv2
 import numpy as np
-import pytest
 
 from jaxsurg.data import builders
 from jaxsurg.data.builders import cholecseg8k, m2caiseg
+import builder_checks
+from builder_checks import records
 
 H, W = 24, 40
 # The reference colour table (REFERENCE.md, torch-em's loader): RGB → (full, laparoflow4, binary).
@@ -72,19 +72,8 @@ def official_layout(root: str, train=(0, 2, 10), test=(1, 5), unlabelled=(2,)) -
     return images, masks
 
 
-def records(builder, split: str) -> list[dict]:
-    source = builder.as_data_source()[split]
-    return [source[i] for i in range(len(source))]
-
-
-def expect_error(tmp_path, root: str, error, *patterns, config=None) -> None:
-    data_dir = str(tmp_path / "tfds")
-    with pytest.raises(error) as info:
-        builders.prepare("m2caiseg", data_dir=data_dir, manual_dir=root, config=config)
-    for pattern in patterns:
-        assert pattern in str(info.value), (pattern, str(info.value))
-    assert not glob.glob(os.path.join(data_dir, "m2caiseg", "*", "1.0.0"))
-    assert not glob.glob(os.path.join(data_dir, "**", "*incomplete*"), recursive=True)
+def expect_error(tmp_path, root, error, *patterns, config=None):
+    builder_checks.expect_error(tmp_path, "m2caiseg", root, error, *patterns, config=config)
 
 
 def test_task_classes():
