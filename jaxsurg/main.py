@@ -107,7 +107,9 @@ def human_summary(summary: dict[str, Any], config: Any, workdir: str) -> str:
         lines.append("  Dice per class: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} (absent)" for k, v in per_class.items()))
     overall = summary.get("keypoints", {}).get("overall")
     if overall:
-        lines.append(f"  key points: F1 {overall['f1']:.3f} (recall {overall['recall']:.3f}, precision {overall['precision']:.3f})")
+        # A ratio with a zero denominator is None (no key point detected: precision undefined).
+        ratio = {k: "undefined" if overall.get(k) is None else f"{overall[k]:.3f}" for k in ("f1", "recall", "precision")}
+        lines.append(f"  key points: F1 {ratio['f1']} (recall {ratio['recall']}, precision {ratio['precision']})")
     eval_dir = os.path.join(workdir, "eval")
     pictures = sorted(
         f"{d}/{f}" for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d))

@@ -77,3 +77,17 @@ def test_main_tiny_on_the_real_cholecseg8k_clip(tmp_path):
     assert video == {"train_frames": [561, 609], "test_frames": [610, 633]}
     assert summary["num_frames"] == 23  # frames 610–632; 633 has no ground truth
     assert config["resize"] == [192, 352]
+
+
+def test_human_summary_says_undefined_where_no_key_point_was_detected(tmp_path):
+    """A key-point head that detects nothing has no precision (None in keypoints.json): the
+    run's closing lines say so instead of failing after every stage has finished."""
+    import ml_collections
+
+    from jaxsurg.main import human_summary
+
+    config = ml_collections.ConfigDict(dict(method="laparoflow", dataset="synthetic", task="binary", variant="default"))
+    summary = {"num_frames": 2, "dice_mean": 0.5, "dice_std": 0.1, "iou_mean": 0.4, "iou_std": 0.1,
+               "keypoints": {"overall": {"f1": 0.0, "recall": 0.0, "precision": None}}}
+    text = human_summary(summary, config, str(tmp_path))
+    assert "key points: F1 0.000 (recall 0.000, precision undefined)" in text
