@@ -176,3 +176,20 @@ def test_values_a_stage_declares_the_same_are_compared_as_one():
     assert differ["g"] == {} and differ["seg"] == {}  # the same U-Net11 stage for both arms
     assert differ["lstm"] == {"arm": ("dual", "dual_star")}  # later stages compare the arm as it is
     assert dict((s.name, d) for s, d in stage.stage_differences(theirs, {**ours, "arm": "single"}, specs))["seg"] == {"arm": ("dual", "single")}
+
+
+def test_a_stage_seeded_by_its_own_key_is_shared_across_run_seeds():
+    """The run's seed counts from the first stage it seeds on; a stage with a seed key of its
+    own compares that key, a negative value standing for the run's seed."""
+    specs = (stage.StageSpec("pre", ("pre",), seed_key="pre.seed"), stage.StageSpec("down", ("down",)))
+
+    def differ(theirs, ours):
+        return dict((s.name, d) for s, d in stage.stage_differences(theirs, ours, specs))
+
+    fixed = differ({"seed": 0, "pre.seed": 3, "down": 1}, {"seed": 1, "pre.seed": 3, "down": 1})
+    assert fixed == {"pre": {}, "down": {"seed": (0, 1)}}
+    own = differ({"seed": 0, "pre.seed": -1, "down": 1}, {"seed": 1, "pre.seed": -1, "down": 1})
+    assert own["pre"] == {"pre.seed": (0, 1)}
+    assert differ({"seed": 2, "pre.seed": -1}, {"seed": 5, "pre.seed": 2})["pre"] == {}  # -1 in a seed-2 run is 2
+    plain = (stage.StageSpec("only", ("only",)),)
+    assert dict((s.name, d) for s, d in stage.stage_differences({"seed": 0}, {"seed": 1}, plain)) == {"only": {"seed": (0, 1)}}

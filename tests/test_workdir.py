@@ -113,8 +113,8 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
 
 def test_every_config_key_is_compared_by_some_stage_or_changes_no_result():
     """--resume keeps a stage only if none of its keys changed: every leaf of every config
-    must belong to DATA_KEYS, a stage's keys, EVAL_KEYS (evaluation only), or change no
-    result (NOT_RESULTS leaves, NOT_RESULT_BLOCKS)."""
+    must belong to DATA_KEYS, a stage's keys or seed key, EVAL_KEYS (evaluation only), or
+    change no result (NOT_RESULTS leaves, NOT_RESULT_BLOCKS)."""
     import importlib
 
     from jaxsurg import cli
@@ -124,6 +124,6 @@ def test_every_config_key_is_compared_by_some_stage_or_changes_no_result():
         config = cli.load_config(name)
         stages = importlib.import_module(METHODS[config.method]).STAGES
         flat = stage._normalised(config)
-        covered = set(stage._select(flat, list(stage.DATA_KEYS) + list(stage.EVAL_KEYS) + [k for s in stages for k in s.keys]))
+        covered = set(stage._select(flat, list(stage.DATA_KEYS) + list(stage.EVAL_KEYS) + [k for s in stages for k in (*s.keys, s.seed_key)]))
         loose = [k for k in flat if k not in covered and not stage.changes_no_result(k)]
         assert not loose, (name, loose)

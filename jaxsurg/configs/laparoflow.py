@@ -152,6 +152,7 @@ def get_config(arg=None):
             grid_offset=0.0,  # px: representation cell i is centred on pixel 4i + grid_offset (0: SegFormer's receptive centres, views.py)
             valid_radius=3,  # px: a representation pixel counts when the valid mask holds this far around its centre (3: the first 7×7 conv's taps)
             keep_steps=(),  # steps of this pretraining whose backbone is kept (pretrain/kept/), e.g. (250, 1000)
+            seed=-1,  # seeds the pretraining (init, views, anchors, batches, τ's frames); -1 = config.seed. A fixed value lets runs of several seeds share one pretraining
             use_step=-1,  # backbone the downstream stages read: -1 the finished pretraining, 0 its random start (frozen), or a kept step
         ),
         # The paper gives no optimiser: SegFormer's AdamW with warm-up and cosine decay.

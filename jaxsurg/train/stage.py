@@ -5,9 +5,10 @@ checkpoint); restored from another run's finished stage; host-0 writes followed 
 A method lists its stages as ``StageSpec`` s (name and the config keys its outputs depend
 on). ``take_stages_from`` reuses the finished stages of another run's workdir
 (``--config.stages_from=DIR``): it refuses a source made with another method, dataset, data
-folder, task, frame size, label interval, split or seed, and takes each stage whose own and
-upstream settings match, in order, until the first that differs (that one and every later
-stage are trained here).
+folder, task, frame size, label interval or split, and takes each stage whose own and
+upstream settings (the seed among them) match, in order, until the first that differs (that
+one and every later stage are trained here). A stage seeded by a key of its own
+(``StageSpec.seed_key``) can be shared by runs of several seeds.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from jaxsurg.data import pipeline
 from jaxsurg.progress import say
 from jaxsurg.train import checkpoint, loop
 
-# Settings every stage's outputs depend on: a source run that differs in one is refused.
-DATA_KEYS = ("method", "dataset", "data_dir", "label_map", "task", "resize", "label_interval", "train_fraction", "fold", "seed")
+# Settings every stage's outputs depend on: a source run that differs in one is refused. The
+# run's seed is compared per stage (``StageSpec.seed_key``): the data split never depends on it.
+DATA_KEYS = ("method", "dataset", "data_dir", "label_map", "task", "resize", "label_interval", "train_fraction", "fold")
+RUN_SEED = "seed"
 # Settings only the evaluation depends on: compared by the workdir's record (a run with
 # another value is refused there, or with --resume keeps its stages and evaluates again) and
 # by no stage, so that a cross-dataset evaluation reuses a finished run's stages.
@@ -63,11 +66,17 @@ class StageSpec:
 
     ``same``: values of a key that make the same stage, as ``((key, ((value, as), ...)),
     ...)``: compared as ``as`` for this stage only (Dual MF★'s arm trains Dual MF's U-Net11
-    in its ``segment`` stage, so ``segment='dual_convlstm'`` is ``'dual'`` there)."""
+    in its ``segment`` stage, so ``segment='dual_convlstm'`` is ``'dual'`` there).
+
+    ``seed_key``: the key that seeds the stage: the run's ``seed`` (default; it then counts for
+    this stage and every later one), or a key among ``keys`` of the stage's own whose negative
+    value means the run's seed (Laparoflow-SSL's ``pretrain.seed``): a stage made with a fixed
+    one is shared by runs of any seed."""
 
     name: str
     keys: tuple[str, ...] = ()
     same: tuple[tuple[str, tuple[tuple[Any, Any], ...]], ...] = ()
+    seed_key: str = RUN_SEED
 
     def compared(self, flat: dict[str, Any]) -> dict[str, Any]:
         """``flat`` (selected settings) with ``same``'s values replaced."""
@@ -199,12 +208,28 @@ def stage_differences(
     theirs: dict[str, Any], ours: dict[str, Any], stages: Sequence[StageSpec]
 ) -> list[tuple[StageSpec, dict[str, tuple[Any, Any]]]]:
     """For each stage in order, the settings its outputs depend on (``DATA_KEYS``, its own
-    and every upstream stage's ``keys``; ``changes_no_result`` keys left out) that differ
-    between two flat configs: ``{key: (theirs, ours)}``, empty where the stage is valid."""
+    and every upstream stage's ``keys``, and the run's seed from the first stage it seeds on;
+    ``changes_no_result`` keys left out) that differ between two flat configs: ``{key:
+    (theirs, ours)}``, empty where the stage is valid. A stage's own seed key is compared
+    with its negative value replaced by the run's seed."""
+    theirs, ours = _own_seeds_resolved(theirs, stages), _own_seeds_resolved(ours, stages)
     out, upstream = [], list(DATA_KEYS)
     for spec in stages:
         upstream += list(spec.keys)
+        if spec.seed_key == RUN_SEED and RUN_SEED not in upstream:
+            upstream.append(RUN_SEED)
         out.append((spec, _differences(spec.compared(_select(theirs, upstream)), spec.compared(_select(ours, upstream)))))
+    return out
+
+
+def _own_seeds_resolved(flat: dict[str, Any], stages: Sequence[StageSpec]) -> dict[str, Any]:
+    """``flat`` with each stage's own seed key (``StageSpec.seed_key``), where negative,
+    replaced by the run's seed."""
+    out = dict(flat)
+    for spec in stages:
+        key = spec.seed_key
+        if key != RUN_SEED and key in out and out[key] is not None and int(out[key]) < 0:
+            out[key] = out.get(RUN_SEED)
     return out
 
 

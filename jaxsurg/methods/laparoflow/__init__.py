@@ -54,7 +54,7 @@ from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
 
-__all__ = ["HEADS", "LOSSES", "STAGES", "STRIDE", "TASK_FOR_DATASET", "resolve_task", "run", "trained_model"]
+__all__ = ["HEADS", "LOSSES", "STAGES", "STRIDE", "SWEEP_FIGURES", "TASK_FOR_DATASET", "resolve_task", "run", "trained_model"]
 
 # Keys of the pretrain block that choose what the downstream stages read, not what the
 # pretraining makes: the finetune stage's settings.
@@ -68,9 +68,14 @@ def _pretrain_keys() -> tuple[str, ...]:
     return tuple(f"pretrain.{k}" for k in get_config().pretrain if k not in DOWNSTREAM_PRETRAIN_KEYS)
 
 
+# Figures of eval/summary.json that a sweep's tables show beside Dice (jaxsurg.sweep): the
+# fine-tuning's steps (to a plateau where val_frames > 0) and its best-scored step.
+SWEEP_FIGURES = {"fine-tune steps": ("finetune", "steps"), "best step": ("finetune", "best_step")}
+
 # The stages and the config keys their outputs depend on (``config.stages_from``).
 STAGES = (
-    stage.StageSpec("pretrain", _pretrain_keys() + ("model",)),
+    # Seeded by pretrain.seed (−1: the run's seed): runs of several seeds can share one pretraining.
+    stage.StageSpec("pretrain", _pretrain_keys() + ("model",), seed_key="pretrain.seed"),
     stage.StageSpec(
         "finetune",
         stage.MAIN_STAGE + ("baseline", "num_labelled", "image_size", "augment", "clip_length", "batch_keys", "head", "val_frames",

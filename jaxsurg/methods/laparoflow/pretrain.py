@@ -250,6 +250,18 @@ def train_keeping(
     return stage.train(name, block, config, workdir, state, step, examples, transform, mesh)
 
 
+def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` as the pretraining reads it: a copy whose ``seed`` is the pretraining's own,
+    ``config.pretrain.seed`` (the run's ``seed`` where that is negative). Everything random in
+    the pretraining (initialisation, τ's frames, batches, views, anchors) follows it, so runs
+    of several seeds can share one pretraining (``stages_from``, a sweep's cells) while each
+    draws its own labelled frames and downstream initialisation from ``config.seed``."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    if int(config.pretrain.seed) >= 0:
+        copy.seed = int(config.pretrain.seed)
+    return copy
+
+
 def pretrain(
     config: ml_collections.ConfigDict, workdir: str, data: pipeline.LoadedDataset, frames: unlabelled.FlowFrames, mesh
 ) -> dict[str, Any]:
@@ -257,7 +269,8 @@ def pretrain(
     backbone's variables ({"params", "batch_stats"}) after ``config.pretrain.total_steps``
     (resumed, or skipped when complete: also when taken from another run by
     ``config.stages_from``), keeping those of ``config.pretrain.keep_steps`` on the way
-    (``kept_path``)."""
+    (``kept_path``). Its randomness follows ``pretraining_config``'s seed."""
+    config = pretraining_config(config)
     p = config.pretrain
     model, variables = initial_backbone(config)
     tx, schedule = make_optimizer(p)
@@ -288,7 +301,7 @@ def backbone_for_downstream(config: ml_collections.ConfigDict, workdir: str, fin
     """
     use, total = int(config.pretrain.use_step), int(config.pretrain.total_steps)
     if use == 0:
-        return initial_backbone(config)[1]
+        return initial_backbone(pretraining_config(config))[1]
     if use in (-1, total):
         if final is None:
             raise ValueError("the finished pretraining's backbone is needed (config.pretrain.use_step = -1)")

@@ -229,13 +229,17 @@ def test_kept_pretraining_step_linear_probe_and_plateau_end_to_end(tmp_path, mon
     reloaded = finetune.final_variables(laparoflow.resolve_task(_config_module().get_config(arg)), str(a))
     assert set(reloaded) == {"params", "batch_stats"} and "classifier" in reloaded["params"]["head"]
     # pretrain.use_step=0: frozen random features (the pretraining's starting point) under the
-    # side-tune head, the pretraining taken from the run above (use_step is not one of its keys)
-    arg0 = _plateau_args(tmp_path) + f",pretrain.keep_steps=(1,),pretrain.use_step=0,stages_from={a}"
+    # side-tune head, the pretraining taken from the run above (use_step is not one of its keys),
+    # by a run of another seed: pretrain.seed=0 is the seed the run above pretrained with
+    arg0 = _plateau_args(tmp_path) + f",pretrain.keep_steps=(1,),pretrain.use_step=0,stages_from={a},seed=1,pretrain.seed=0"
     summary0 = laparoflow.run(_config_module().get_config(arg0), str(tmp_path / "b"))
     assert summary0["pretrain_step"] == 0 and summary0["head"] == "side_tune" and summary0["method"] == "laparoflow"
     assert summary0["finetune"]["steps"] >= 1
     assert {json.loads(line)["stage"] for line in open(tmp_path / "b" / "metrics.jsonl")} == {"finetune"}  # no pretraining here
     config0 = laparoflow.resolve_task(_config_module().get_config(arg0))
-    _, start = pretrain.initial_backbone(config0)
+    _, start = pretrain.initial_backbone(pretrain.pretraining_config(config0))
     backbone = finetune.final_variables(config0, str(tmp_path / "b"))["params"]["backbone"]
     jax.tree.map(np.testing.assert_array_equal, backbone, start["params"])  # the random start, untouched
+    _, run_seed_start = pretrain.initial_backbone(config0)  # seed 1: not what the pretraining started from
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(run_seed_start), jax.tree.leaves(start)))
+    assert summary0["labelled_records"] != summary["labelled_records"]  # the run's own seed draws its frames
