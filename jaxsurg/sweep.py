@@ -21,7 +21,8 @@ and the results tables.
 
 Writes, in ``ROOT``: ``results.json`` (every cell's figures and each row's aggregate),
 ``results.md`` (mean ± sample std over the replicate keys, ``--over``, default seed and
-fold; per class; then one line per cell) and ``results.png`` (Dice per row and class, ±
+fold; per class; the figures the method names in its ``SWEEP_FIGURES``, e.g. Dual MF's D_R
+quality and Laparoflow-SSL's fine-tuning steps; then one line per cell) and ``results.png`` (Dice per row and class, ±
 std bars). A row lists how many runs it averages; a failed or missing cell is named, never
 averaged as if present. ``--report`` only rewrites these from the cells on disk.
 """
@@ -44,7 +45,7 @@ import cv2
 import numpy as np
 
 from jaxsurg import cli, visualize
-from jaxsurg.config import apply_overrides, parse_arg
+from jaxsurg.config import apply_overrides
 from jaxsurg.progress import say
 from jaxsurg.train.writers import write_json, write_text
 
@@ -214,10 +215,25 @@ def run_cell(root: str, cell: Cell, state: str) -> int:
 # ----------------------------------------------------------------------------- results
 
 
-def cell_figures(summary: dict[str, Any]) -> dict[str, float]:
+def method_figures(cell: Cell) -> dict[str, tuple[str, ...]]:
+    """The figures beyond Dice that ``cell``'s method names for the tables: its module's
+    ``SWEEP_FIGURES``, ``{column: path of keys in eval/summary.json}`` (e.g. Dual MF's D_R
+    quality, Laparoflow-SSL's fine-tuning steps); empty where it names none."""
+    module = importlib.import_module(cli.METHODS[cell.config().method])
+    return dict(getattr(module, "SWEEP_FIGURES", {}))
+
+
+def cell_figures(summary: dict[str, Any], extra: dict[str, Sequence[str]] | None = None) -> dict[str, float]:
     """The figures of one run: ``dice``, ``iou`` (mean over its test frames), ``dice/<class>``,
-    ``iou/<class>`` (classes present in some test frame) and ``keypoints/<score>``."""
+    ``iou/<class>`` (classes present in some test frame), ``keypoints/<score>`` and each of
+    ``extra`` (``{column: path of keys}``) that the summary holds as a number."""
     out = {"dice": float(summary["dice_mean"]), "iou": float(summary["iou_mean"])}
+    for column, path in (extra or {}).items():
+        value: Any = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[column] = float(value)
     for name, c in summary.get("per_class", {}).items():
         if c.get("dice") is not None:
             out[f"dice/{name}"], out[f"iou/{name}"] = float(c["dice"]), float(c["iou"])
@@ -240,17 +256,22 @@ def aggregate(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
     return out
 
 
+def _number(v: float, scale: float | None = None) -> str:
+    """Three decimals; whole units where ``scale`` (default ``v``) is 100 or more (steps, not scores)."""
+    return f"{v:.0f}" if abs(v if scale is None else scale) >= 100 else f"{v:.3f}"
+
+
 def _fmt(f: dict[str, Any] | None) -> str:
     if f is None:
         return "—"
-    return f"{f['mean']:.3f}" + (f" ± {f['std']:.3f}" if f["std"] is not None else "")
+    return _number(f["mean"]) + (f" ± {_number(f['std'], f['mean'])}" if f["std"] is not None else "")
 
 
 def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command: str) -> dict[str, Any]:
     """Reads every cell's summary and writes ``results.json``, ``results.md`` and
     ``results.png`` in ``root``; returns the results record."""
     rows: dict[str, list[dict[str, float]]] = {}
-    per_cell, missing, class_names, header = [], [], [], {}
+    per_cell, missing, class_names, header, extra = [], [], [], {}, {}
     for cell in cells:
         row = ",".join(f"{k}={v}" for k, v in cell.values if k not in over) or "all"
         path = os.path.join(root, "cells", cell.name, SUMMARY)
@@ -262,12 +283,15 @@ def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command
         for k in ("method", "dataset", "task"):  # a value that varies over the cells lists them all
             header[k] = " | ".join(dict.fromkeys(filter(None, (*(header.get(k) or "").split(" | "), str(summary.get(k))))))
         class_names = class_names or [c for c in summary.get("class_names", []) if c != "background"]
-        figures = cell_figures(summary)
+        named = method_figures(cell)
+        figures = cell_figures(summary, named)
+        extra.update(dict.fromkeys(k for k in figures if k in named))
         rows.setdefault(row, []).append(figures)
         per_cell.append({"cell": cell.name, "row": row, "values": dict(cell.values), "figures": figures, "num_frames": summary.get("num_frames"),
                          "frame_std": {"dice": summary.get("dice_std"), "iou": summary.get("iou_std")}})
     record = {
         "command": command, **header, "replicate_keys": list(over), "rows": aggregate(rows), "cells": per_cell, "missing": missing,
+        "method_figures": list(extra),
         "std": "sample standard deviation (ddof 1) over the runs of a row; each run's figure is its mean over its test frames",
     }
     write_json(os.path.join(root, "results.json"), record)
@@ -280,25 +304,27 @@ def results_markdown(record: dict[str, Any], class_names: Sequence[str]) -> str:
     """``results.md``: the row table (mean ± std over the replicate keys), the cell table,
     the missing cells."""
     keypoint_keys = sorted({k for r in record["rows"].values() for k in r if k.startswith("keypoints/")})
-    columns = ["dice", "iou"] + [f"dice/{c}" for c in class_names] + keypoint_keys
+    columns = ["dice", "iou"] + [f"dice/{c}" for c in class_names] + keypoint_keys + list(record.get("method_figures", ()))
+    titles = [c if c in record.get("method_figures", ()) else c.replace("dice/", "Dice ").replace("dice", "Dice").replace("iou", "IoU")
+              for c in columns]
     over = ", ".join(record["replicate_keys"]) or "nothing"
     lines = [
         f"# {record.get('method')} on {record.get('dataset')} ({record.get('task')})", "",
         f"`{record['command']}`", "",
         f"Mean ± sample std over {over} (runs = how many runs a row averages). Dice and IoU: each run's mean over its test frames.", "",
-        "| row | runs | " + " | ".join(c.replace("dice/", "Dice ").replace("dice", "Dice").replace("iou", "IoU") for c in columns) + " |",
+        "| row | runs | " + " | ".join(titles) + " |",
         "|---" * (len(columns) + 2) + "|",
     ]
     for row, figures in record["rows"].items():
         n = max((f["n"] for f in figures.values()), default=0)
         lines.append(f"| {row} | {n} | " + " | ".join(_fmt(figures.get(c)) for c in columns) + " |")
     lines += ["", "Each cell (one run): Dice and IoU as mean ± std over its test frames.", "",
-              "| cell | test frames | " + " | ".join(c.replace("dice/", "Dice ").replace("dice", "Dice").replace("iou", "IoU") for c in columns) + " |",
+              "| cell | test frames | " + " | ".join(titles) + " |",
               "|---" * (len(columns) + 2) + "|"]
     for c in record["cells"]:
         shown = []
         for k in columns:
-            text = f"{c['figures'][k]:.3f}" if k in c["figures"] else "—"
+            text = _number(c["figures"][k]) if k in c["figures"] else "—"
             if c["frame_std"].get(k) is not None:
                 text += f" ± {c['frame_std'][k]:.3f}"
             shown.append(text)

@@ -69,6 +69,24 @@ def test_results_average_over_seeds_per_row_and_name_missing_cells(tmp_path):
     assert picture is not None and picture.shape[1] >= 720
 
 
+def test_the_tables_show_the_figures_a_method_names_beside_dice(tmp_path):
+    """Dual MF names D_R's quality and the segment stage's steps (SWEEP_FIGURES): each cell's
+    values and each row's mean ± std reach results.md; a cell lacking one shows a dash."""
+    root = str(tmp_path)
+    cells = sweep.make_cells("dual_motion:variant=tiny", [], [["seed", "0", "1"]])
+    for cell, dice, steps in zip(cells, (0.8, 0.6), (288, 300)):
+        summary = {**_summary(0.7, 0.6, 0.7), "method": "dual_motion", "budget": {"segment": {"total_steps": steps}},
+                   "d_r_quality": {"all": {"label_dice": dice, "zero_motion_dice": 0.5, "optical_flow_dice": 0.9, "psnr_db": 31.0}}}
+        _finish(root, cell, summary)
+    record = sweep.write_results(root, cells, ["seed"], "python -m jaxsurg.sweep ...")
+    assert record["method_figures"] == ["D_R Dice", "copy Dice", "optical-flow Dice", "D_R PSNR", "segment steps"]
+    assert record["rows"]["all"]["D_R Dice"]["mean"] == pytest.approx(0.7)
+    md = open(os.path.join(root, "results.md")).read()
+    assert "| D_R Dice | copy Dice | optical-flow Dice | D_R PSNR | segment steps |" in md
+    assert "| 0.700 ± 0.141 | 0.500 ± 0.000 | 0.900 ± 0.000 | 31.000 ± 0.000 | 294 ± 8 |" in md
+    assert "| seed=0 | 5 | 0.700 ± 0.100 | 0.600 ± 0.050 | 0.700 | 0.800 | 0.500 | 0.900 | 31.000 | 288 |" in md
+
+
 def test_a_cell_folder_of_other_arguments_is_refused_and_a_partial_one_resumes(tmp_path):
     root = str(tmp_path)
     cell = sweep.make_cells("unet11:variant=tiny", [], [["seed", "0"]])[0]
@@ -89,6 +107,18 @@ def test_a_cell_takes_the_stages_of_the_cell_agreeing_on_their_settings(tmp_path
     assert sweep.shared_stages_source(root, cross) == source  # evaluation only differs
     steps = sweep.make_cells("unet11:variant=tiny", [], [["seed", "0"], ["total_steps", "7"]])[0]
     assert sweep.shared_stages_source(root, steps) == ""
+
+
+def test_cells_of_other_seeds_share_a_pretraining_seeded_by_its_own_key(tmp_path):
+    """Laparoflow-SSL's pretraining is seeded by pretrain.seed (-1: the run's seed): with a fixed
+    one, a cell of another seed takes the pretraining and trains its own downstream stages."""
+    root = str(tmp_path)
+    fixed = ["--config.pretrain.seed=0"]
+    first, second = sweep.make_cells("laparoflow:variant=tiny", fixed, [["seed", "0", "1"]])
+    source = _finish(root, first, None)
+    assert sweep.shared_stages_source(root, second) == source
+    own = sweep.make_cells("laparoflow:variant=tiny", [], [["seed", "1"]])[0]
+    assert sweep.shared_stages_source(root, own) == ""  # pretrain.seed -1 is the run's seed 1 here, 0 there
 
 
 def test_a_sweep_runs_its_cells_and_a_cross_dataset_cell_reuses_the_trained_stage(tmp_path, capsys):

@@ -100,6 +100,17 @@ from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
 from jaxsurg.train.checkpoint import restore_final_variables
 
+# Figures of eval/summary.json that a sweep's tables show beside Dice (jaxsurg.sweep): D_R's
+# label Dice against the held-back labels over every k, the copied label's and the stored
+# optical flow's on the same chains, D_R's PSNR (dB), and the U-Net11 stage's steps.
+SWEEP_FIGURES = {
+    "D_R Dice": ("d_r_quality", "all", "label_dice"),
+    "copy Dice": ("d_r_quality", "all", "zero_motion_dice"),
+    "optical-flow Dice": ("d_r_quality", "all", "optical_flow_dice"),
+    "D_R PSNR": ("d_r_quality", "all", "psnr_db"),
+    "segment steps": ("budget", "segment", "total_steps"),
+}
+
 
 def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
     """The stages of ``config.segment``'s arm (``training_sets.stages_run``; each resumed
