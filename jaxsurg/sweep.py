@@ -166,17 +166,25 @@ def _recorded_cells(root: str) -> list[tuple[str, Cell]]:
     return out
 
 
+def method_stages(config) -> tuple[Any, ...]:
+    """The ``StageSpec`` s a run of ``config`` compares when it takes stages: its method's
+    ``stages_for(config)`` where the method has one (Dual MF: the arm's own stages), else
+    its ``STAGES``."""
+    module = importlib.import_module(cli.METHODS[config.method])
+    return tuple(module.stages_for(config)) if hasattr(module, "stages_for") else tuple(module.STAGES)
+
+
 def shared_stages_source(root: str, cell: Cell) -> str:
     """The folder of the cell under ``ROOT/cells`` whose stages this cell can take most of
-    (``""`` if none): equal ``DATA_KEYS`` and the longest run of leading stages with equal
-    settings (``stage.stage_differences`` on the unresolved configs; ``take_stages_from``
-    checks the resolved ones again when it takes them)."""
+    (``""`` if none): equal ``DATA_KEYS`` and the longest run of leading stages that the
+    other cell runs too, with equal settings (``stage.stage_differences`` on the unresolved
+    configs; ``take_stages_from`` checks the resolved ones again when it takes them)."""
     from jaxsurg.train import stage  # pylint: disable=g-import-not-at-top
 
     ours = cell.config()
     if ours.get("stages_from"):
         return ""
-    stages = importlib.import_module(cli.METHODS[ours.method]).STAGES
+    stages = method_stages(ours)
     flat = stage._normalised(ours)  # pylint: disable=protected-access
     best, best_count = "", 0
     for workdir, other in _recorded_cells(root):
@@ -188,9 +196,9 @@ def shared_stages_source(root: str, cell: Cell) -> str:
             continue
         if theirs.method != ours.method:
             continue
-        count = 0
-        for _, differ in stage.stage_differences(stage._normalised(theirs), flat, stages):  # pylint: disable=protected-access
-            if differ:
+        count, theirs_run = 0, {spec.name for spec in method_stages(theirs)}
+        for spec, differ in stage.stage_differences(stage._normalised(theirs), flat, stages):  # pylint: disable=protected-access
+            if differ or spec.name not in theirs_run:
                 break
             count += 1
         if count > best_count:

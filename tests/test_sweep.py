@@ -121,6 +121,23 @@ def test_cells_of_other_seeds_share_a_pretraining_seeded_by_its_own_key(tmp_path
     assert sweep.shared_stages_source(root, own) == ""  # pretrain.seed -1 is the run's seed 1 here, 0 there
 
 
+def test_a_dual_mf_cell_compares_its_own_arms_stages():
+    """Dual MF's D_L-only arm reads no G: a cell differing only in G's input mode takes its
+    U-Net11; a Single MF cell takes G and D_R from a Dual MF cell of the same G."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        grid = [[":segment", "dl_only"], ["flow_predictor.inputs", "reconstruct", "past"]]
+        recon, past = sweep.make_cells("dual_motion:variant=tiny", [], grid)
+        source = _finish(root, recon, None)
+        assert sweep.shared_stages_source(root, past) == source
+        dual = _finish(root, sweep.make_cells("dual_motion:variant=tiny", [], [[":segment", "dual"]])[0], None)
+        single = sweep.make_cells("dual_motion:variant=tiny", [], [[":segment", "single"]])[0]
+        assert sweep.shared_stages_source(root, single) == dual
+        other_g = sweep.make_cells("dual_motion:variant=tiny", [], [[":segment", "single"], ["flow_predictor.inputs", "past"]])[0]
+        assert sweep.shared_stages_source(root, other_g) == ""
+
+
 def test_a_sweep_runs_its_cells_and_a_cross_dataset_cell_reuses_the_trained_stage(tmp_path, capsys):
     root = str(tmp_path / "sweep")
     argv = ["--config=unet11:variant=tiny", f"--root={root}", "--grid", "test_dataset", "", "synthetic"]

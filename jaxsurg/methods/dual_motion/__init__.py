@@ -111,6 +111,10 @@ SWEEP_FIGURES = {
     "segment steps": ("budget", "segment", "total_steps"),
 }
 
+# The stages a run of this arm compares when it takes another run's (``config.arm_stages``);
+# ``jaxsurg.sweep`` reads it to find a cell's source.
+stages_for = arm_stages
+
 
 def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
     """The stages of ``config.segment``'s arm (``training_sets.stages_run``; each resumed
@@ -131,7 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
     data = pipeline.load(config)
     config = resolve(config, data)
     workdir_lib.check_data(workdir, data.build, STAGES)
-    stage.take_stages_from(config, workdir, arm_stages(config))
+    stage.take_stages_from(config, workdir, stages_for(config))
     common.write_config(config, workdir)
     num_classes = len(data.class_names)
     runs = training_sets.stages_run(config)

@@ -48,12 +48,16 @@ def arm_stages(config: ml_collections.ConfigDict) -> tuple[stage.StageSpec, ...]
     ``stage.take_stages_from``: a stage the arm skips is not taken from the source, and its
     keys move to the next stage that runs (so ``warp``, ``motion`` and ``flow_method`` still
     fingerprint an optical-flow D_R, and the U-Net11 keys a Dual MF★ started from
-    ``convlstm.init_from``)."""
+    ``convlstm.init_from``), except into the D_L-only arm's ``segment``, which reads no
+    generated set: its U-Net11 is the same whatever G, D_R or D_C would have been (a sweep
+    over G's settings trains it once)."""
     run = training_sets.stages_run(config)
+    reads_generated = training_sets.ARM_SETS[config.segment] != ("D_L",)
     out, carried = [], ()
     for spec in STAGES:
         if spec.name in run:
-            out.append(stage.StageSpec(spec.name, carried + spec.keys, spec.same))
+            upstream = carried if reads_generated or spec.name != "segment" else ()
+            out.append(stage.StageSpec(spec.name, upstream + spec.keys, spec.same))
             carried = ()
         else:
             carried += spec.keys

@@ -174,10 +174,13 @@ def test_each_arm_runs_its_own_stages_and_takes_only_those():
     assert ts.stages_run(_config("segment=dual_convlstm,convlstm.init_from=/runs/dmf")) == ("flow_predictor", "propagate", "compensator", "convlstm")
     assert ts.stages_run(_config("motion=optical_flow")) == ("propagate", "compensator", "segment")
     keys = {s.name: s.keys for s in dm_config.STAGES}
-    # D_L only: no G, no D_R, no D_C — only the segment stage is taken from another run, its
-    # fingerprint keeping the skipped stages' keys.
+    # D_L only: no G, no D_R, no D_C — only the segment stage is taken from another run, and
+    # the skipped stages' keys do not fingerprint it (it reads none of their outputs).
     (only,) = dm_config.arm_stages(_config("segment=dl_only"))
-    assert only.name == "segment" and only.keys == keys["flow_predictor"] + keys["propagate"] + keys["compensator"] + keys["segment"]
+    assert only.name == "segment" and only.keys == keys["segment"]
+    differ = dict((s.name, d) for s, d in stage.stage_differences(
+        stage._normalised(_config("segment=dl_only")), stage._normalised(_config("segment=dl_only,flow_predictor.inputs=past")), (only,)))
+    assert differ == {"segment": {}}
     flow = dm_config.arm_stages(_config("motion=optical_flow"))
     assert _names(flow) == ["propagate", "compensator", "segment"] and {"warp", "motion", "flow_method"} <= set(flow[0].keys)
     star = dm_config.arm_stages(_config("segment=dual_convlstm,convlstm.init_from=/runs/dmf"))
