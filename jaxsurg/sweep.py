@@ -349,18 +349,10 @@ def results_figure(record: dict[str, Any], class_names: Sequence[str], *, width:
     names = ["mean Dice"] + list(class_names)
     colours = [(230, 230, 230)] + [visualize.class_colour(k + 1) for k in range(len(class_names))]
     rows = list(record["rows"])
-    img = np.empty((height, width, 3), np.uint8)
-    img[:] = visualize.BACKGROUND
     left, right, top, bottom = 44, 12, 12, 46
     pw, ph = width - left - right, height - top - bottom
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.38
-
-    def y_of(d: float) -> int:
-        return int(round(top + (1.0 - float(np.clip(d, 0.0, 1.0))) * (ph - 1)))
-
-    for d in np.linspace(0, 1, 6):
-        cv2.line(img, (left, y_of(d)), (left + pw - 1, y_of(d)), (60, 60, 60), 1)
-        cv2.putText(img, f"{d:.1f}", (left - 30, y_of(d) + 4), font, scale, visualize.TEXT_COLOUR, 1, cv2.LINE_AA)
+    img, y_of = visualize.score_axes(width, height, (left, right, top, bottom))
     group = pw / max(len(rows), 1)
     bar = max(2, int(group * 0.8 / len(keys)))
     for g, row in enumerate(rows):

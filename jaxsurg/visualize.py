@@ -296,6 +296,31 @@ def compose(
     return np.concatenate(parts, axis=0)
 
 
+def score_axes(width: int, height: int, margins: tuple[int, int, int, int] = (44, 12, 12, 46)):
+    """A chart's plot area for scores in [0, 1] (Dice, IoU): a ``BACKGROUND`` canvas with
+    horizontal grid lines and labels at 0.0, 0.2, ..., 1.0.
+
+    Args:
+      width, height: canvas size, px.
+      margins: (left, right, top, bottom) px around the plot area.
+
+    Returns:
+      (uint8 RGB canvas (height, width, 3), ``y_of``: score → pixel row, clipped to [0, 1]).
+    """
+    left, right, top, bottom = margins
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = BACKGROUND
+    plot_height = height - top - bottom
+
+    def y_of(score: float) -> int:
+        return int(round(top + (1.0 - float(np.clip(score, 0.0, 1.0))) * (plot_height - 1)))
+
+    for d in np.linspace(0, 1, 6):
+        cv2.line(img, (left, y_of(d)), (width - right - 1, y_of(d)), (60, 60, 60), 1)
+        cv2.putText(img, f"{d:.1f}", (left - 30, y_of(d) + 4), _FONT, 0.38, TEXT_COLOUR, 1, cv2.LINE_AA)
+    return img, y_of
+
+
 def pca_rgb(features: np.ndarray, *, valid: np.ndarray | None = None, clip_percentile: float = 1.0) -> np.ndarray:
     """Projects per-pixel representations on their first three principal components.
 

@@ -149,23 +149,15 @@ HEAD_COLOURS = {"side_tune": (80, 170, 255), "linear_probe": (255, 170, 60)}
 def curve_figure(record: dict[str, Any], *, width: int = 720, height: int = 400) -> np.ndarray:
     """``curve.png``: the figure (0 … 1) against the pretraining step, one line per head
     with ± std whiskers, No SSL as a dashed line in its ± std band. Returns uint8 RGB."""
-    img = np.empty((height, width, 3), np.uint8)
-    img[:] = visualize.BACKGROUND
     left, right, top, bottom = 44, 16, 12, 40
     pw, ph = width - left - right, height - top - bottom
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.38
+    img, y_of = visualize.score_axes(width, height, (left, right, top, bottom))
     steps = [p["pretrain_step"] for line in record["lines"].values() for p in line] or [0]
     x_max = max(max(steps), 1)
 
     def x_of(step: float) -> int:
         return int(round(left + step / x_max * (pw - 1)))
-
-    def y_of(d: float) -> int:
-        return int(round(top + (1.0 - float(np.clip(d, 0.0, 1.0))) * (ph - 1)))
-
-    for d in np.linspace(0, 1, 6):
-        cv2.line(img, (left, y_of(d)), (left + pw - 1, y_of(d)), (60, 60, 60), 1)
-        cv2.putText(img, f"{d:.1f}", (left - 30, y_of(d) + 4), font, scale, visualize.TEXT_COLOUR, 1, cv2.LINE_AA)
     for s in sorted(set(steps)):
         x = min(x_of(s) - 10, width - 8 * len(str(s)) - 4)  # the last label stays inside the picture
         cv2.putText(img, str(s), (x, top + ph + 16), font, scale, visualize.TEXT_COLOUR, 1, cv2.LINE_AA)
