@@ -16,6 +16,8 @@ from jaxsurg.train import checkpoint, stage
 from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train.state import TrainState, adam_with_step_decay, make_optimizer
 
+from toy_stage import toy_stage  # tests/toy_stage.py
+
 
 def test_stage_block_has_every_field_and_refuses_unknown_ones():
     block = stage_block({"base_features": 8}, total_steps=5, learning_rate=1e-3)
@@ -142,26 +144,12 @@ def test_checkpoints_of_another_format_or_another_state_are_refused(tmp_path):
 
 
 def test_stage_train_runs_a_block_and_skips_when_complete(tmp_path):
-    from jaxsurg.train import step as step_lib
-
-    mesh = mesh_lib.make_mesh()
-    n = jax.device_count()
-    examples = [{"x": np.full((1,), i, np.float32)} for i in range(8)]
-
     from jaxsurg.data.sequences import Identity  # the no-op grain transform
 
-    def fit(state, batch):
-        def loss_fn(p):
-            return jnp.mean((p["w"][0] - batch["x"]) ** 2), {}
-
-        state, loss, _, _ = step_lib.gradient_step(state, loss_fn)
-        return state, {"loss": loss}
-
-    block = stage_block(total_steps=6, batch_size=2 * n, log_every=3, checkpoint_every=3)
-    config = ml_collections.ConfigDict(dict(seed=0, data_threads=1, keep_checkpoints=2))
-    out = stage.train("fit", block, config, str(tmp_path), _state(), step_lib.jit_step(fit, mesh), examples, Identity(), mesh)
+    mesh, examples, fit, fresh, block, config = toy_stage(total_steps=6, log_every=3, checkpoint_every=3, keep_checkpoints=2)
+    out = stage.train("fit", block, config, str(tmp_path), fresh(), fit, examples, Identity(), mesh)
     assert int(out.step) == 6
-    again = stage.train("fit", block, config, str(tmp_path), _state(), step_lib.jit_step(fit, mesh), examples, Identity(), mesh)
+    again = stage.train("fit", block, config, str(tmp_path), fresh(), fit, examples, Identity(), mesh)
     np.testing.assert_array_equal(np.asarray(out.params["w"]), np.asarray(again.params["w"]))
     seconds = {}
     with stage.timed(seconds, "x"):
