@@ -83,10 +83,9 @@ def check_comparable(cells: Sequence[dict[str, Any]]) -> None:
       ValueError: naming the key, the two values and the two cells.
     """
 
-    def comparable(cell: dict[str, Any], other_is_nossl: bool) -> dict[str, Any]:
-        nossl = other_is_nossl or cell["config"].get("baseline") == "nossl"
+    def comparable(cell: dict[str, Any], skip_pretrain: bool) -> dict[str, Any]:
         return {k: v for k, v in cell["config"].items()
-                if k not in VARYING and not stage.changes_no_result(k) and not (nossl and k.startswith(NOSSL_IGNORES))}
+                if k not in VARYING and not stage.changes_no_result(k) and not (skip_pretrain and k.startswith(NOSSL_IGNORES))}
 
     first = cells[0]
     for cell in cells[1:]:
