@@ -39,6 +39,7 @@ from jaxsurg import progress, visualize
 from jaxsurg.data import datasets, unlabelled
 from jaxsurg.data.builders.integrity import build_lock
 from jaxsurg.methods.agsd import cues as cues_lib
+from jaxsurg.methods.agsd import objectness as objectness_lib
 from jaxsurg.methods.agsd.frames import AgsdFrames
 from jaxsurg.train import stage
 from jaxsurg.train.writers import write_json
@@ -99,17 +100,17 @@ def check_cues(config: ml_collections.ConfigDict) -> None:
     Raises:
       ValueError: an unknown objectness method, ``bing`` without ``bing_dir``, a smoothing
         factor below 1.
-      FileNotFoundError: a ``bing_dir`` without BING's model files (``cues.BingObjectness``).
+      FileNotFoundError: a ``bing_dir`` without BING's model files (``objectness.BingObjectness``).
     """
     c = config.cues
     if c.colour_normalise not in cues_lib.NORMALISE_CHOICES:
         raise ValueError(f"config.cues.colour_normalise={c.colour_normalise!r} is unknown; known: {cues_lib.NORMALISE_CHOICES}")
-    if c.objectness not in cues_lib.OBJECTNESS_METHODS:
-        raise ValueError(f"config.cues.objectness={c.objectness!r} is unknown; known: {cues_lib.OBJECTNESS_METHODS}")
+    if c.objectness not in objectness_lib.OBJECTNESS_METHODS:
+        raise ValueError(f"config.cues.objectness={c.objectness!r} is unknown; known: {objectness_lib.OBJECTNESS_METHODS}")
     if c.objectness == "bing":
         if not c.bing_dir:
             raise ValueError("config.cues.objectness='bing' needs --config.cues.bing_dir=<folder with BING's nine ObjNessB2W8*.yml.gz model files>")
-        cues_lib.BingObjectness(c.bing_dir, top_k=int(c.bing_top_k))
+        objectness_lib.BingObjectness(c.bing_dir, top_k=int(c.bing_top_k))
     if c.objectness_at not in ("original", "working"):
         raise ValueError(f"config.cues.objectness_at={c.objectness_at!r} is unknown; known: 'original' (the frame's own resolution), 'working'")
     if int(c.smooth_factor) < 1:
@@ -134,10 +135,10 @@ def _objectness(config, frames: AgsdFrames, folder: str) -> np.ndarray:
 
     def one_chunk(s: int) -> np.ndarray:
         if c.objectness_at == "working":
-            return cues_lib.objectness_cue(frames.images[s : s + _CHUNK], **kwargs)
+            return objectness_lib.objectness_cue(frames.images[s : s + _CHUNK], **kwargs)
         maps = []
         for i in range(s, min(s + _CHUNK, len(frames))):
-            m = cues_lib.objectness_cue(frames.original(i)[None], **kwargs)[0]
+            m = objectness_lib.objectness_cue(frames.original(i)[None], **kwargs)[0]
             maps.append(m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA))
         return np.stack(maps)
 

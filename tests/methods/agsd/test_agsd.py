@@ -215,13 +215,13 @@ def test_anchors_are_stored_atomically_and_resume_from_their_chunks(tmp_path, mo
     )
     config = _tiny(tfds_dir=str(tmp_path))
     calls = []
-    real = anchor_generation.cues_lib.objectness_cue
+    real = anchor_generation.objectness_lib.objectness_cue
 
     def counting(images, **kw):
         calls.append(len(images))
         return real(images, **kw)
 
-    monkeypatch.setattr(anchor_generation.cues_lib, "objectness_cue", counting)
+    monkeypatch.setattr(anchor_generation.objectness_lib, "objectness_cue", counting)
     settings = anchor_generation.cue_settings(config)
     final = os.path.join(tmp_path, "agsd_anchors", anchor_generation._digest(frames, settings))
     # An interrupted computation left its objectness chunk: it is reused, not recomputed.
