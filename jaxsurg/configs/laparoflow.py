@@ -149,7 +149,7 @@ def get_config(arg=None):
             flip=True,  # views are flipped at random
             fov_threshold=12,  # brightness under which border-connected pixels are outside the endoscope
             pca_frames=4,  # test frames in the PCA picture of the representations
-            grid_offset=0.0,  # px: representation cell i is centred on pixel 4i + grid_offset (0: SegFormer's receptive centres, views.py)
+            grid_offset=0.0,  # px: representation cell i is centred on pixel 4i + grid_offset (0: SegFormer's receptive centres, view_geometry.py)
             valid_radius=3,  # px: a representation pixel counts when the valid mask holds this far around its centre (3: the first 7×7 conv's taps)
             keep_steps=(),  # steps of this pretraining whose backbone is kept (pretrain/kept/), e.g. (250, 1000)
             seed=-1,  # seeds the pretraining (init, views, anchors, batches, τ's frames); -1 = config.seed. A fixed value lets runs of several seeds share one pretraining

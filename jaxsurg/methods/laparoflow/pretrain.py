@@ -33,7 +33,7 @@ import optax
 
 from jaxsurg import progress, visualize
 from jaxsurg.data import pipeline, transforms, unlabelled
-from jaxsurg.methods.laparoflow import contrastive, views
+from jaxsurg.methods.laparoflow import contrastive, view_geometry, views
 from jaxsurg.methods.laparoflow.config import STRIDE
 from jaxsurg.methods.laparoflow.segformer import SegFormer
 from jaxsurg.methods.laparoflow.temperatures import estimate_temperatures
@@ -76,7 +76,7 @@ def pretrain_loss(
     z3 = z1 bilinearly sampled at ``v["grid2to1"]`` (each view-2 representation pixel's
     receptive centre in view 1), renormalised; a view-2 pixel counts where ``v["valid3"]``
     holds and its point lies in view 1's representation grid (within half a cell of a
-    view-1 cell centre: ``views.sample_bilinear``'s ``inside``). The s^(1,1) ablation uses
+    view-1 cell centre: ``view_geometry.sample_bilinear``'s ``inside``). The s^(1,1) ablation uses
     view 1's own grid: ``v["flow_rep1"]`` and ``v["valid_rep1"]``.
 
     Args:
@@ -91,7 +91,7 @@ def pretrain_loss(
     """
     b, hr, wr, d = z2.shape
     n = hr * wr
-    z3, inside = views.sample_bilinear(z1, v["grid2to1"])
+    z3, inside = view_geometry.sample_bilinear(z1, v["grid2to1"])
     z3 = _l2_normalize(z3)
     flat = lambda a: a.reshape(b, n, *a.shape[3:])  # noqa: E731
     valid3 = flat(v["valid3"] & inside.astype(bool).reshape(v["valid3"].shape))

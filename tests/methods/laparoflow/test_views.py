@@ -1,11 +1,9 @@
-"""Laparoflow-SSL view generation: affine conventions against jnp.rot90 / flips, exactness on
+"""Laparoflow-SSL's random views (jaxsurg.methods.laparoflow.views.make_views): exactness on
 linear images, the G2-inside-view-1 constraint, the representation-grid map (grid2to1) with a
-marker and with average-pooling "backbones" centred at 4i and 4i + 1.5, the grid against the
-SegFormer backbone's own input sensitivity, cell validity at the receptive centre and its
-support (rotation holes), flow/valid transport, photometric ranges against a colorsys
-reference, jit/vmap/determinism and input checks."""
+marker and with average-pooling "backbones" centred at 4i and 4i + 1.5, cells bordering
+rotation holes left out, flow/valid transport, jit/vmap/determinism and input checks (the
+geometry itself: test_view_geometry.py; P: test_photometric.py)."""
 
-import colorsys
 import functools
 
 import jax
@@ -13,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsurg.methods.laparoflow import photometric, views
+from jaxsurg.methods.laparoflow import view_geometry, views
 from jaxsurg.methods.laparoflow.photometric import PhotometricParams
+from view_checks import map_points, support_valid  # tests/methods/laparoflow/view_checks.py
 
 
 def _ramp(b, h, w, seed=0):
@@ -29,11 +28,6 @@ def _ramp(b, h, w, seed=0):
 def _ramp_value(coef, x, y, h, w):
     """The ramp of ``_ramp`` at float points x, y (B, ...)."""
     return 0.5 + 0.2 * (coef[:, None, :, 0] * (x.reshape(len(coef), -1, 1) / w) + coef[:, None, :, 1] * (y.reshape(len(coef), -1, 1) / h))
-
-
-def _map(affine, pts):
-    """NumPy: (B, 2, 3) affine applied to (B, N, 2) points."""
-    return np.einsum("bij,bnj->bni", affine[:, :, :2], pts) + affine[:, None, :, 2]
 
 
 def _grid(h, w):
@@ -51,83 +45,7 @@ def _flow_and_valid(b, h, w):
 NO_GEOMETRY = dict(max_zoom=1.0, rotate=False, flip=False)
 
 
-def _support_valid(valid, x, y, r):
-    """Brute force of views.cell_validity: (B, H, W) mask, integer centres x, y (hr, wr) →
-    (B, hr, wr), True where every pixel within Chebyshev distance r of the centre that lies
-    in the image is valid (and the centre itself lies in it)."""
-    b, hh, ww = valid.shape
-    out = np.zeros((b,) + x.shape, bool)
-    for idx in np.ndindex(x.shape):
-        cx, cy = int(x[idx]), int(y[idx])
-        if not (0 <= cx < ww and 0 <= cy < hh):
-            continue
-        patch = valid[:, max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1]
-        out[(slice(None),) + idx] = patch.reshape(b, -1).all(-1)
-    return out
-
-
-# ------------------------------------------------------------------------------ sampling
-def test_sample_bilinear_matches_scipy_and_flags_outside():
-    from scipy.ndimage import map_coordinates
-
-    rng = np.random.default_rng(0)
-    src = rng.random((2, 7, 9, 3)).astype(np.float32)
-    coords = rng.uniform(-1.5, 10.5, (2, 5, 6, 2)).astype(np.float32)
-    out, inside = views.sample_bilinear(src, coords)
-    for b in range(2):
-        for c in range(3):
-            ref = map_coordinates(src[b, :, :, c], [coords[b, ..., 1], coords[b, ..., 0]], order=1, mode="nearest")
-            np.testing.assert_allclose(out[b, ..., c], ref, atol=1e-5)
-    x, y = coords[..., 0], coords[..., 1]
-    np.testing.assert_array_equal(inside, (x >= -0.5) & (x <= 8.5) & (y >= -0.5) & (y <= 6.5))
-    # Gradient w.r.t. the coordinates: on a ramp a·x + b·y it is (a, b) everywhere inside.
-    ramp = (0.3 * np.arange(9)[None, :] - 0.7 * np.arange(7)[:, None]).astype(np.float32)[None, :, :, None]
-    pts = jnp.asarray(rng.uniform(0.2, 5.8, (1, 4, 4, 2)), jnp.float32)
-    g = jax.grad(lambda p: views.sample_bilinear(jnp.asarray(ramp), p)[0].sum())(pts)
-    np.testing.assert_allclose(g[..., 0], 0.3, atol=1e-5)
-    np.testing.assert_allclose(g[..., 1], -0.7, atol=1e-5)
-
-
-def test_sample_nearest_rounds_to_the_closest_pixel():
-    src = np.arange(12, dtype=np.int32).reshape(1, 3, 4, 1)
-    coords = np.array([[[[0.49, 0.0], [0.51, 0.0], [3.4, 2.4], [-0.4, -0.4], [5.0, 1.0]]]], np.float32)
-    out, inside = views.sample_nearest(src, coords)
-    np.testing.assert_array_equal(out[0, 0, :, 0], [0, 1, 11, 0, 7])
-    np.testing.assert_array_equal(inside[0, 0], [True, True, True, True, False])
-
-
 # ------------------------------------------------------------------------------ affine conventions
-def test_rotation_by_90_degrees_equals_rot90_and_flip_equals_mirror():
-    rng = np.random.default_rng(1)
-    img = rng.random((1, 12, 12, 3)).astype(np.float32)
-    mask = rng.random((1, 12, 12, 1)) > 0.5
-    centre = (5.5, 5.5)
-    grid = views.pixel_grid((12, 12))
-    for angle, k in [(90.0, 1), (180.0, 2), (-90.0, 3)]:
-        a = views.view_affine(angle, 1.0, False, centre, (12, 12))[None]
-        out, inside = views.sample_bilinear(img, views.apply_affine(a, grid))
-        np.testing.assert_allclose(out, np.rot90(img, k, axes=(1, 2)), atol=1e-5)
-        assert bool(inside.all())
-        m, _ = views.sample_nearest(mask, views.apply_affine(a, grid))
-        np.testing.assert_array_equal(m, np.rot90(mask, k, axes=(1, 2)))
-    a = views.view_affine(0.0, 1.0, True, centre, (12, 12))[None]
-    out, _ = views.sample_bilinear(img, views.apply_affine(a, grid))
-    np.testing.assert_array_equal(out, img[:, :, ::-1])
-    # Flip and 90°: the view is the mirror image of the rotated view.
-    a = views.view_affine(90.0, 1.0, True, centre, (12, 12))[None]
-    out, _ = views.sample_bilinear(img, views.apply_affine(a, grid))
-    np.testing.assert_allclose(out, np.rot90(img, 1, axes=(1, 2))[:, :, ::-1], atol=1e-5)
-
-
-def test_compose_and_invert_affine():
-    a = views.view_affine(33.0, 0.7, True, (4.0, 9.0), (10, 6))
-    b = views.view_affine(-120.0, 1.3, False, (2.0, 1.0), (5, 7))
-    p = np.array([[1.5, -2.0], [3.0, 4.0]])
-    ab = views.compose_affine(a, b)
-    np.testing.assert_allclose(_map(ab[None], p[None]), _map(a[None], _map(b[None], p[None])), atol=1e-4)
-    np.testing.assert_allclose(_map(views.invert_affine(a)[None], _map(a[None], p[None])), p[None], atol=1e-4)
-
-
 def test_identity_geometry_reproduces_the_input_exactly():
     img = np.random.default_rng(2).random((2, 16, 20, 3)).astype(np.float32)
     flow, valid = _flow_and_valid(2, 16, 20)
@@ -146,7 +64,7 @@ def test_identity_geometry_reproduces_the_input_exactly():
         np.testing.assert_allclose(v[key][0, ..., 0], 0.1 * x + 0.2 * y + 1.0, atol=1e-5)
         np.testing.assert_allclose(v[key][0, ..., 1], -0.05 * x + 0.3 * y - 2.0, atol=1e-5)
     # valid3 (= valid_rep1 = valid_rep2 here): every pixel within 3 px of the centre valid.
-    v3 = _support_valid(valid, x, y, 3)
+    v3 = support_valid(valid, x, y, 3)
     for key in ("valid3", "valid_rep1", "valid_rep2"):
         np.testing.assert_array_equal(v[key], v3)
     assert v3.any() and not v3.all()
@@ -168,7 +86,7 @@ def test_views_follow_their_affines_exactly_on_linear_images():
     _, coef, _, valid, v = _random_ramp_views()
     pix = np.broadcast_to(_grid(h, w), (6, h * w, 2))
     for name, aff, ins in [("view1", v["affine1"], v["valid1"]), ("view2", v["affine12"], v["valid2"])]:
-        p = _map(aff.astype(np.float64), pix)
+        p = map_points(aff.astype(np.float64), pix)
         clean = (p[..., 0] >= 0) & (p[..., 0] <= ww - 1) & (p[..., 1] >= 0) & (p[..., 1] <= hh - 1)
         want = _ramp_value(coef, p[..., 0], p[..., 1], hh, ww)
         got = v[name].reshape(6, -1, 3)
@@ -187,12 +105,12 @@ def test_views_follow_their_affines_exactly_on_linear_images():
 def test_view2_equals_view1_resampled_with_g2_away_from_borders():
     (hh, ww), (h, w) = (40, 48), (24, 24)
     _, _, flow, valid, v = _random_ramp_views(seed=3)
-    coords = views.apply_affine(v["affine2"], views.pixel_grid((h, w)))
-    resampled, inside = views.sample_bilinear(jnp.asarray(v["view1"]), coords)
+    coords = view_geometry.apply_affine(v["affine2"], view_geometry.pixel_grid((h, w)))
+    resampled, inside = view_geometry.sample_bilinear(jnp.asarray(v["view1"]), coords)
     # Clean: every view-1 pixel used by the bilinear sample comes from the input interior.
-    p1 = _map(v["affine1"].astype(np.float64), np.broadcast_to(_grid(h, w), (6, h * w, 2)))
+    p1 = map_points(v["affine1"].astype(np.float64), np.broadcast_to(_grid(h, w), (6, h * w, 2)))
     clean1 = ((p1[..., 0] >= 0) & (p1[..., 0] <= ww - 1) & (p1[..., 1] >= 0) & (p1[..., 1] <= hh - 1)).reshape(6, h, w, 1)
-    frac, _ = views.sample_bilinear(jnp.asarray(clean1, jnp.float32), coords)
+    frac, _ = view_geometry.sample_bilinear(jnp.asarray(clean1, jnp.float32), coords)
     ok = np.asarray(frac[..., 0] > 1 - 1e-5)
     assert bool(np.asarray(inside).all()) and ok.mean() > 0.4
     np.testing.assert_allclose(np.asarray(resampled)[ok], v["view2"][ok], atol=1e-4)
@@ -201,7 +119,7 @@ def test_view2_equals_view1_resampled_with_g2_away_from_borders():
     yy, xx = np.mgrid[:hh, :ww] / 40.0
     smooth = 0.5 + 0.2 * np.sin(2 * xx[None, :, :, None] + rng.uniform(0, 6, (6, 1, 1, 3))) * np.cos(1.5 * yy)[None, :, :, None]
     sv = views.make_views(jax.random.PRNGKey(3), smooth.astype(np.float32), flow, valid, (h, w), photometric=None)
-    resampled, _ = views.sample_bilinear(sv["view1"], coords)
+    resampled, _ = view_geometry.sample_bilinear(sv["view1"], coords)
     np.testing.assert_allclose(np.asarray(resampled)[ok], np.asarray(sv["view2"])[ok], atol=2e-3)
 
 
@@ -211,7 +129,7 @@ def test_every_view2_pixel_lies_inside_view1(out_hw):
     keys = jax.random.split(jax.random.PRNGKey(5), 3000)
     aff = np.asarray(jax.jit(jax.vmap(lambda k: views.sample_g2(k, out_hw, max_zoom=1.5)))(keys), np.float64)
     corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
-    p = _map(aff, np.broadcast_to(corners, (len(aff), 4, 2)))
+    p = map_points(aff, np.broadcast_to(corners, (len(aff), 4, 2)))
     tol = 1e-3
     assert p[..., 0].min() >= -0.5 - tol and p[..., 0].max() <= w - 0.5 + tol
     assert p[..., 1].min() >= -0.5 - tol and p[..., 1].max() <= h - 0.5 + tol
@@ -243,7 +161,7 @@ def test_g1_zoom_range_and_no_holes_without_rotation():
     aff = np.asarray(jax.jit(jax.vmap(lambda k: views.sample_g1(k, (30, 50), (16, 16), max_zoom=1.5, rotate=False)))(keys), np.float64)
     zoom = (30 / 16) / np.sqrt(np.abs(np.linalg.det(aff[:, :, :2])))  # base scale min(30/16, 50/16)
     assert zoom.min() >= 1 - 1e-5 and zoom.max() <= 1.5 + 1e-5 and zoom.max() > 1.45
-    p = _map(aff, np.broadcast_to(np.array([[-0.5, -0.5], [15.5, 15.5]]), (2000, 2, 2)))
+    p = map_points(aff, np.broadcast_to(np.array([[-0.5, -0.5], [15.5, 15.5]]), (2000, 2, 2)))
     assert p[..., 0].min() >= -0.5 - 1e-3 and p[..., 0].max() <= 49.5 + 1e-3
     assert p[..., 1].min() >= -0.5 - 1e-3 and p[..., 1].max() <= 29.5 + 1e-3
     assert p[..., 0].min() < 0.5 and p[..., 0].max() > 48.5  # crops reach both edges
@@ -258,17 +176,17 @@ def test_grid2to1_moves_a_marker_like_the_image():
     z1[:, 1, 6, 0] = 1.0  # the marker
     z1[..., 1] = np.random.default_rng(8).random((2, 8, 8))
     for flip, ref in [(False, np.rot90(z1, 1, axes=(1, 2))), (True, np.rot90(z1, 1, axes=(1, 2))[:, :, ::-1])]:
-        a2 = views.view_affine(90.0, 1.0, flip, (15.5, 15.5), out_hw)[None].repeat(2, 0)
-        grid2to1, points1 = views.representation_map(a2, out_hw, stride, grid_offset=1.5)
-        z3, inside = views.sample_bilinear(z1, grid2to1)
+        a2 = view_geometry.view_affine(90.0, 1.0, flip, (15.5, 15.5), out_hw)[None].repeat(2, 0)
+        grid2to1, points1 = view_geometry.representation_map(a2, out_hw, stride, grid_offset=1.5)
+        z3, inside = view_geometry.sample_bilinear(z1, grid2to1)
         assert bool(inside.all())
         np.testing.assert_allclose(z3, ref, atol=1e-5)
         i, j = np.unravel_index(np.argmax(np.asarray(z3[0, ..., 0])), (8, 8))
         assert (i, j) == ((1, 1) if not flip else (1, 6))  # rot90 moves (1, 6) to (1, 1); the flip mirrors it
         np.testing.assert_allclose(points1, 4 * np.asarray(grid2to1) + 1.5, atol=1e-5)
         # SegFormer's grid (cells centred at 4i, default): the receptive centres map by G2 itself.
-        grid2to1, points1 = views.representation_map(a2, out_hw, stride)
-        want = _map(np.asarray(a2, np.float64), np.broadcast_to(4 * _grid(8, 8), (2, 64, 2))).reshape(2, 8, 8, 2)
+        grid2to1, points1 = view_geometry.representation_map(a2, out_hw, stride)
+        want = map_points(np.asarray(a2, np.float64), np.broadcast_to(4 * _grid(8, 8), (2, 64, 2))).reshape(2, 8, 8, 2)
         np.testing.assert_allclose(points1, want, atol=1e-4)
         np.testing.assert_allclose(4 * np.asarray(grid2to1), want, atol=1e-4)
 
@@ -298,32 +216,32 @@ def test_grid2to1_and_flow3_with_an_average_pooling_backbone(offset):
     (hh, ww), (h, w), b = (40, 48), (24, 24), 8
     v = _random_ramp_views(seed=9, b=b, in_hw=(hh, ww), out_hw=(h, w), grid_offset=offset)[-1]
     z1, z2 = _pool(v["view1"], offset), _pool(v["view2"], offset)
-    z3, _ = views.sample_bilinear(z1, v["grid2to1"])
+    z3, _ = view_geometry.sample_bilinear(z1, v["grid2to1"])
     # Exactness needs linear z1, z2: every pooled pixel from the input interior.
     pix = _grid(h, w)
 
     def clean(aff):
-        p = _map(aff.astype(np.float64), np.broadcast_to(pix, (b, h * w, 2)))
+        p = map_points(aff.astype(np.float64), np.broadcast_to(pix, (b, h * w, 2)))
         c = (p[..., 0] >= 0) & (p[..., 0] <= ww - 1) & (p[..., 1] >= 0) & (p[..., 1] <= hh - 1)
         return c.reshape(b, h, w, 1)
 
     c1 = _pool(clean(v["affine1"]).astype(np.float32), offset) > 1 - 1e-9
     c2 = _pool(clean(v["affine12"]).astype(np.float32), offset)[..., 0] > 1 - 1e-9
-    frac, _ = views.sample_bilinear(c1.astype(np.float32), v["grid2to1"])
+    frac, _ = view_geometry.sample_bilinear(c1.astype(np.float32), v["grid2to1"])
     g = v["grid2to1"]
     ok = (np.asarray(frac)[..., 0] > 1 - 1e-5) & c2 & (g.min(-1) >= 0) & (g[..., 0] <= w // 4 - 1) & (g[..., 1] <= h // 4 - 1)
     assert ok.mean() > 0.2
     np.testing.assert_allclose(np.asarray(z3)[ok], z2[ok], atol=1e-4)
     # The other grid offset breaks it for rotated/zoomed views.
-    wrong, _ = views.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=1.5 - offset)
-    z3w, _ = views.sample_bilinear(z1, wrong)
+    wrong, _ = view_geometry.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=1.5 - offset)
+    z3w, _ = view_geometry.sample_bilinear(z1, wrong)
     assert np.abs(np.asarray(z3w)[ok] - z2[ok]).max() > 1e-3
     # flow3 = input flow at affine12(centre) where the view-1 pixels around it are clean.
     rep = np.asarray(v["coords3"], np.float64)
     np.testing.assert_allclose(rep.reshape(h // 4, w // 4, 2), 4 * _grid(h // 4, w // 4).reshape(h // 4, w // 4, 2) + offset)
-    p = _map(v["affine12"].astype(np.float64), np.broadcast_to(rep, (b, len(rep), 2))).reshape(b, h // 4, w // 4, 2)
+    p = map_points(v["affine12"].astype(np.float64), np.broadcast_to(rep, (b, len(rep), 2))).reshape(b, h // 4, w // 4, 2)
     want = np.stack([0.1 * p[..., 0] + 0.2 * p[..., 1] + 1.0, -0.05 * p[..., 0] + 0.3 * p[..., 1] - 2.0], -1)
-    frac1, _ = views.sample_bilinear(clean(v["affine1"]).astype(np.float32), jnp.asarray(4 * g + offset))
+    frac1, _ = view_geometry.sample_bilinear(clean(v["affine1"]).astype(np.float32), jnp.asarray(4 * g + offset))
     okf = np.asarray(frac1)[..., 0] > 1 - 1e-5
     assert okf.mean() > 0.5
     np.testing.assert_allclose(v["flow3"][okf], want[okf], atol=2e-3)
@@ -342,7 +260,7 @@ def test_valid_masks_holes_and_flow_vector_rotation():
     # valid3 implies the view-1 pixel nearest to the point is valid.
     _, circle = _flow_and_valid(b, hh, ww)
     v = views.make_views(jax.random.PRNGKey(11), img, flow, circle & (np.arange(ww) < 12), (h, w))
-    p = 4 * np.asarray(v["grid2to1"]) + views.RECEPTIVE_OFFSET
+    p = 4 * np.asarray(v["grid2to1"]) + view_geometry.RECEPTIVE_OFFSET
     xi, yi = np.floor(p[..., 0] + 0.5).astype(int).clip(0, w - 1), np.floor(p[..., 1] + 0.5).astype(int).clip(0, h - 1)
     near = np.asarray(v["valid1"])[np.arange(b)[:, None, None], yi, xi]
     assert np.all(near[np.asarray(v["valid3"])]) and (~np.asarray(v["valid3"])).any() and np.asarray(v["valid3"]).any()
@@ -355,69 +273,6 @@ def test_valid_masks_holes_and_flow_vector_rotation():
     assert np.abs(want - [1.0, 0.5]).max() > 0.1
 
 
-def test_cell_validity_matches_brute_force():
-    rng = np.random.default_rng(21)
-    valid = rng.random((3, 13, 18)) > 0.15
-    rep = np.asarray(views.representation_grid((13, 18), 4))  # centres 4j, 4i: all in the frame
-    for r in (0, 1, 3):
-        got = np.asarray(views.cell_validity(valid, rep, r))
-        np.testing.assert_array_equal(got, _support_valid(valid, rep[..., 0], rep[..., 1], r))
-    # Per-example centres; a centre outside the frame is invalid, support beyond the border is not held against it.
-    centres = np.broadcast_to(np.array([[[[0.0, 0.0], [17.4, 12.2], [-0.9, 3.0]]]], np.float32), (3, 1, 3, 2))
-    ones = np.ones((3, 13, 18), bool)
-    np.testing.assert_array_equal(views.cell_validity(ones, centres, 3), np.broadcast_to([[True, True, False]], (3, 1, 3)))
-    with pytest.raises(ValueError, match="radius must be >= 0"):
-        views.cell_validity(ones, rep, -1)
-    with pytest.raises(ValueError, match=r"valid must be \(B, H, W\)"):
-        views.cell_validity(ones[0], rep, 1)
-
-
-def test_representation_grid_is_centred_where_the_backbone_is_sensitive():
-    """The grid of make_views (views.representation_grid's default) against the backbone's own
-    input sensitivity: |∂(u·z[i, j])/∂x| of interior cells of a 64×64 input, two random inits
-    and directions u. MiT-B0's kernels, strides, paddings, reduction ratios and heads, the
-    actual SegFormer code path, with narrower widths and one block per stage to stay cheap."""
-    from jaxsurg.methods.laparoflow.segformer import SegFormer
-
-    h = w = 64
-    model = SegFormer(embed_dims=(8, 16, 40, 64), depths=(1, 1, 1, 1), decoder_dim=32, out_dim=16, drop_path=0.0, dropout=0.0)
-    cells = np.array([(i, j) for i in range(6, 10) for j in range(6, 10)])  # away from the frame's border
-    x = jax.random.uniform(jax.random.PRNGKey(0), (1, h, w, 3))
-
-    @jax.jit
-    def sensitivity(key):
-        k_init, k_dir = jax.random.split(key)
-        variables = model.init(k_init, x)
-        z, vjp = jax.vjp(lambda x: model.apply(variables, x)[0], x)
-        u = jax.random.normal(k_dir, (z.shape[-1],))
-        one = lambda ij: jnp.abs(vjp(jnp.zeros_like(z).at[ij[0], ij[1]].set(u))[0][0]).sum(-1)  # noqa: E731
-        return jax.lax.map(one, jnp.asarray(cells))
-
-    sens = np.stack([np.asarray(sensitivity(jax.random.key(s, impl="rbg"))) for s in range(2)])  # (2, 16, h, w)
-    yy, xx = np.mgrid[:h, :w].astype(np.float64)
-
-    def centroid(m, centre, r=None):
-        if r is not None:
-            m = m * ((np.abs(xx - centre[0]) <= r + 0.5) & (np.abs(yy - centre[1]) <= r + 0.5))
-        return np.array([(m * xx).sum(), (m * yy).sum()]) / m.sum() - centre
-
-    grid = np.asarray(views.representation_grid((h, w), 4))
-    ours, half_pixel, first_moment = [], [], []
-    for per_init in sens:
-        for (i, j), m in zip(cells, per_init):
-            ours.append(centroid(m, grid[i, j], r=4))  # within one cell's stride of our centre
-            half_pixel.append(centroid(m, np.array([4 * j + 1.5, 4 * i + 1.5]), r=4))  # the former grid
-            first_moment.append(centroid(m, np.array([4 * j, 4 * i])))  # unwindowed, about 4i
-    ours, half_pixel, first_moment = (np.mean(a, axis=0) for a in (ours, half_pixel, first_moment))
-    # Our grid point is the centroid of the sensitivity around it (measured: −0.1 px on each axis).
-    assert np.all(np.abs(ours) < 0.35), ours
-    # Around 4i + 1.5 the sensitivity's centroid lies back towards 4i (measured: −0.85 px), and
-    # the far field (the upsampled coarse stages) pulls the whole first moment to the top-left
-    # (measured: about −4 px): no measure puts the centre at 4i + 1.5.
-    assert np.all(half_pixel < -0.5), half_pixel
-    assert np.all(first_moment < -1.0), first_moment
-
-
 def test_cells_bordering_rotation_holes_are_left_out():
     """valid3 judges a representation pixel at its receptive centre (4j, 4i) and its support
     (3 px around it), in view 2 and in every view-1 cell z3 reads: the former rule (a point at
@@ -427,11 +282,11 @@ def test_cells_bordering_rotation_holes_are_left_out():
     flow = np.broadcast_to(np.array([1.0, 0.5], np.float32), (b, hh, ww, 2))
     v = jax.tree.map(np.asarray, views.make_views(jax.random.PRNGKey(23), img, flow, np.ones((b, hh, ww), bool), (h, w)))
     assert (~v["valid2"]).any()  # whole frames valid: the holes are the rotations'
-    rep = np.asarray(views.representation_grid((h, w), 4))
+    rep = np.asarray(view_geometry.representation_grid((h, w), 4))
     x, y = rep[..., 0].astype(int), rep[..., 1].astype(int)
     centre2 = v["valid2"][:, y, x]
-    support2 = _support_valid(v["valid2"], x, y, 3)
-    support1 = _support_valid(v["valid1"], x, y, 3)
+    support2 = support_valid(v["valid2"], x, y, 3)
+    support1 = support_valid(v["valid1"], x, y, 3)
     np.testing.assert_array_equal(v["valid_rep2"], support2)
     np.testing.assert_array_equal(v["valid_rep1"], support1)
     v3 = v["valid3"]
@@ -449,73 +304,14 @@ def test_cells_bordering_rotation_holes_are_left_out():
             read = v3 & (weight > 1e-4)
             assert support1[np.arange(b)[:, None, None], i1, j1][read].all()
     # The former rule counted cells whose receptive centre lies in a hole; they are out now.
-    _, old_points = views.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=1.5)
-    frac, _ = views.sample_bilinear(jnp.asarray(v["valid1"], jnp.float32)[..., None], old_points)
+    _, old_points = view_geometry.representation_map(jnp.asarray(v["affine2"]), (h, w), 4, grid_offset=1.5)
+    frac, _ = view_geometry.sample_bilinear(jnp.asarray(v["valid1"], jnp.float32)[..., None], old_points)
     old3 = np.asarray(frac)[..., 0] > 1 - 1e-4
     in_hole = old3 & ~centre2
     assert in_hole.sum() >= 3 and not (v3 & in_hole).any()
     # So are cells with a valid centre whose support reaches into a hole.
     bordering = centre2 & ~support2
     assert bordering.sum() >= 10 and not (v3 & bordering).any()
-
-
-# ------------------------------------------------------------------------------ photometric
-def _np_photometric(rgb, bshift, contrast, sat, hue_turns):
-    x = np.clip(np.clip(rgb + bshift, 0, 1) * contrast, 0, 1)
-    out = []
-    for p in x.reshape(-1, 3).astype(np.float64):
-        hh, ss, vv = colorsys.rgb_to_hsv(*p)
-        out.append(colorsys.hsv_to_rgb((hh + hue_turns) % 1.0, min(ss * sat, 1.0), vv))
-    return np.clip(np.array(out).reshape(rgb.shape), 0, 1)
-
-
-def test_apply_photometric_matches_colorsys_reference():
-    rgb = np.random.default_rng(12).random((2, 5, 4, 3)).astype(np.float32)
-    factors = np.array([[0.1, 1.5, 0.5, 10 / 360], [-0.2, 0.4, 1.7, -24 / 360]], np.float32)
-    got = np.asarray(photometric.apply_photometric(rgb, factors))
-    for b in range(2):
-        np.testing.assert_allclose(got[b], _np_photometric(rgb[b], *factors[b]), atol=1e-5)
-
-
-def test_photometric_draws_respect_the_paper_ranges():
-    p = PhotometricParams()
-    assert p.brightness == pytest.approx(64 / 255) and p.contrast == (0.25, 1.75)
-    assert p.saturation == (0.25, 1.75) and p.hue_degrees == 24.0
-    f = np.asarray(jax.jit(jax.vmap(lambda k: photometric.sample_photometric(k, p)))(jax.random.split(jax.random.PRNGKey(0), 4000)))
-    lo = np.array([-64 / 255, 0.25, 0.25, -24 / 360])
-    hi = -lo * np.array([1, -7, -7, 1])
-    assert np.all(f >= lo - 1e-6) and np.all(f <= hi + 1e-6)
-    np.testing.assert_allclose(f.min(0), lo, atol=0.01)
-    np.testing.assert_allclose(f.max(0), hi, atol=0.01)
-    # Brightness only: the image mean moves by at most 64/255, exactly so for mid greys.
-    grey = np.full((1, 6, 6, 3), 0.5, np.float32)
-    only_b = PhotometricParams(contrast=(1, 1), saturation=(1, 1), hue_degrees=0.0)
-    img = np.random.default_rng(13).random((64, 6, 6, 3)).astype(np.float32)
-    out = views.make_views(jax.random.PRNGKey(1), img, np.zeros((64, 6, 6, 2), np.float32), np.ones((64, 6, 6), bool),
-                           (6, 6), photometric=only_b, **NO_GEOMETRY)
-    shift = np.asarray(out["view1"]).mean((1, 2, 3)) - img.mean((1, 2, 3))
-    assert np.abs(shift).max() <= 64 / 255 + 1e-5 and np.abs(shift).max() > 0.15
-    g = np.asarray(photometric.apply_photometric(grey, np.array([[0.2, 1, 1, 0]], np.float32)))
-    np.testing.assert_allclose(g, 0.7, atol=1e-6)
-    # Contrast only: a pure multiplication of R, G, B (no mean subtraction).
-    dark = img * 0.5
-    c = np.asarray(photometric.apply_photometric(dark[:1], np.array([[0.0, 1.6, 1, 0]], np.float32)))
-    np.testing.assert_allclose(c, dark[:1] * 1.6, atol=1e-5)
-    # P1 and P2 are independent, and independent across the batch.
-    v = views.make_views(jax.random.PRNGKey(2), np.repeat(img[:1], 4, 0), np.zeros((4, 6, 6, 2), np.float32),
-                         np.ones((4, 6, 6), bool), (6, 6), **NO_GEOMETRY)
-    means = np.concatenate([np.asarray(v["view1"]).mean((1, 2)), np.asarray(v["view2"]).mean((1, 2))])
-    assert len(np.unique(np.round(means, 5), axis=0)) == 8
-
-
-def test_photometric_params_validation():
-    with pytest.raises(ValueError, match="contrast"):
-        PhotometricParams(contrast=(1.5, 0.5))
-    with pytest.raises(ValueError, match="brightness"):
-        PhotometricParams(brightness=-0.1)
-    with pytest.raises(ValueError, match="hue_degrees"):
-        PhotometricParams(hue_degrees=-1)
-    hash(PhotometricParams())  # static argument of jit
 
 
 # ------------------------------------------------------------------------------ jax behaviour
@@ -564,5 +360,3 @@ def test_bad_inputs_raise():
         views.make_views(key, img, flow, valid, (8, 8), stride=0)
     with pytest.raises(ValueError, match="max_zoom"):
         views.make_views(key, img, flow, valid, (8, 8), max_zoom=0.5)
-    with pytest.raises(ValueError, match="coords"):
-        views.sample_bilinear(img, np.zeros((1, 4, 4, 3), np.float32))
