@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxsurg.data import builders, flow as flow_lib, synthetic
-from jaxsurg.data.builders import cholecseg8k, common, surgical_video, synthetic_surgery
+from jaxsurg.data.builders import cholecseg8k, common, surgical_video, synthetic_surgery, tfds_glue
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SHARED = os.path.join(REPO, "..", "shared", "data")
@@ -187,7 +187,7 @@ def test_large_build_spills_to_disk_without_tensorflow(tmp_path, monkeypatch, ti
 
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 20_000)
     opened = []
-    gfile = common._PLAIN_FILE_TF.io.gfile  # pylint: disable=protected-access
+    gfile = tfds_glue._PLAIN_FILE_TF.io.gfile  # pylint: disable=protected-access
     real_open = gfile.GFile
     monkeypatch.setattr(gfile, "GFile", lambda path, mode="r": opened.append(path) or real_open(path, mode))
     spilled = builders.prepare("synthetic_surgery", data_dir=str(tmp_path), config="tiny")

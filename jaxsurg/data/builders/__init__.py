@@ -97,7 +97,7 @@ def prepare(
     """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    from jaxsurg.data.builders import common, integrity  # pylint: disable=g-import-not-at-top
+    from jaxsurg.data.builders import common, integrity, tfds_glue  # pylint: disable=g-import-not-at-top
     from jaxsurg.progress import say  # pylint: disable=g-import-not-at-top
 
     cls = builder_class(name)
@@ -119,7 +119,7 @@ def prepare(
     def make() -> tfds.core.DatasetBuilder:
         return cls(data_dir=data_dir, config=builder_config, file_format="array_record")
 
-    with common.quiet_tfds():
+    with tfds_glue.quiet_tfds():
         builder = make()
         if builder.is_prepared():  # no lock needed to read a finished build (read-only data dirs too)
             say(f"{label}: reused from {builder.data_dir}")

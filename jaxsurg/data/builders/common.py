@@ -1,5 +1,6 @@
 """What the jaxsurg TFDS builders share: the feature schema, PNG encoding, example keys,
-optical flow along a frame sequence, config strings, and building without TensorFlow.
+optical flow along a frame sequence, config strings, and the builders' base class (built
+without TensorFlow and quietly: ``tfds_glue``).
 
 Feature schema of every builder (the grain pipeline reads exactly these keys):
 
@@ -25,24 +26,19 @@ serialized examples has been generated it spills them into 1000 on-disk buckets 
 would all land in bucket 0 (the whole dataset in memory at once); spread keys keep every
 bucket small. The spilling itself writes through ``tf.io.gfile`` — with no TensorFlow
 installed it fails, so ``FrameSequenceBuilder.download_and_prepare`` lends TFDS a
-plain-file stand-in for those calls (``tf_free_spilling``).
+plain-file stand-in for those calls (``tfds_glue.tf_free_spilling``).
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import inspect
-import logging
 import os
 import queue
 import re
-import sys
 import threading
-import types
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import cv2
@@ -52,6 +48,7 @@ from etils import epath
 
 from jaxsurg import progress
 from jaxsurg.data import flow as flow_lib
+from jaxsurg.data.builders.tfds_glue import quiet_tfds, tf_free_spilling
 
 IGNORE = 255
 # Computed flow is rounded to multiples of 1/FLOW_STEPS_PER_PIXEL px before storage:
@@ -420,95 +417,6 @@ def resolve_config(builder_cls: type, spec: str | None) -> tfds.core.BuilderConf
 def replace_config(config: tfds.core.BuilderConfig, **changes: Any) -> tfds.core.BuilderConfig:
     """A copy of a builder config with ``changes`` (a new ``name`` among them)."""
     return dataclasses.replace(config, **changes)
-
-
-# ----------------------------------------------------------------------------- TF-free builds
-
-
-class _NeverRaised(Exception):
-    """Stands for ``tf.errors.ResourceExhaustedError``, which plain files never raise."""
-
-
-def _open_bucket(path: str, mode: str = "r"):
-    """``open`` for TFDS's bucket files, raising the open-files limit once if it is hit."""
-    try:
-        return open(path, mode)
-    except OSError as e:
-        if e.errno != 24:  # EMFILE: too many open files (TFDS keeps 1000 buckets open)
-            raise
-        from tensorflow_datasets.core import shuffle
-
-        shuffle._increase_open_files_limit()  # pylint: disable=protected-access
-        return open(path, mode)
-
-
-_PLAIN_FILE_TF = types.SimpleNamespace(
-    io=types.SimpleNamespace(gfile=types.SimpleNamespace(GFile=_open_bucket, exists=os.path.exists, remove=os.remove)),
-    errors=types.SimpleNamespace(ResourceExhaustedError=_NeverRaised),
-)
-
-
-@contextlib.contextmanager
-def tf_free_spilling() -> Iterator[None]:
-    """Lets TFDS spill examples to disk (builds > 1 GB) when TensorFlow is not installed.
-
-    TFDS's shuffler (``tensorflow_datasets.core.shuffle``) writes its temporary buckets with
-    ``tf.io.gfile``; without TensorFlow that raises ModuleNotFoundError. Inside this
-    context its ``tf`` name points at plain local files instead (local ``data_dir`` only).
-    Does nothing when TensorFlow is importable.
-    """
-    if importlib.util.find_spec("tensorflow") is not None:
-        yield
-        return
-    from tensorflow_datasets.core import shuffle
-
-    saved = shuffle.tf
-    shuffle.tf = _PLAIN_FILE_TF
-    try:
-        yield
-    finally:
-        shuffle.tf = saved
-
-
-# ----------------------------------------------------------------------------- quiet TFDS
-
-# TFDS's warnings (absl logger) about every variant folder it probes that is not built
-# yet, and about every config ``prepare`` names itself (overrides, manual-dir digests).
-_TFDS_NOISE = ("Variant folder %s has no %s", "Using custom data configuration: %s")
-_quiet_depth = 0  # nesting of ``quiet_tfds``: only the outermost switches TFDS's bars off and on
-
-
-class _DropTfdsNoise(logging.Filter):
-    """Drops TFDS's "Variant folder ... has no dataset_info.json" and "Using custom data
-    configuration" warnings."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in _TFDS_NOISE
-
-
-@contextlib.contextmanager
-def quiet_tfds() -> Iterator[None]:
-    """Inside: TFDS's warnings that a not-yet-built variant folder "has no
-    dataset_info.json" / "features.json" and that a config is a "custom data
-    configuration" are dropped (other log records pass); when standard error is no
-    terminal (a log file, CI), TFDS's own progress bars are off, since their carriage
-    returns and cursor moves would be left in the file (jaxsurg's bars print plain lines)."""
-    global _quiet_depth
-    outermost = _quiet_depth == 0  # ``prepare`` wraps the builder's own quiet build
-    _quiet_depth += 1
-    noise = _DropTfdsNoise()
-    logger = logging.getLogger("absl")
-    logger.addFilter(noise)
-    bars_off = outermost and not sys.stderr.isatty()
-    if bars_off:
-        tfds.display_progress_bar(False)
-    try:
-        yield
-    finally:
-        _quiet_depth -= 1
-        logger.removeFilter(noise)
-        if bars_off:
-            tfds.display_progress_bar(True)
 
 
 class FrameSequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
