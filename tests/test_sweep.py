@@ -138,6 +138,24 @@ def test_a_dual_mf_cell_compares_its_own_arms_stages():
         assert sweep.shared_stages_source(root, other_g) == ""
 
 
+def test_a_no_ssl_cell_takes_no_pretraining_and_its_own_kind_s_fine_tuning():
+    """No SSL reads no pretraining: it takes none from a Laparoflow-SSL cell (its fine-tuning
+    differs), but a No-SSL cell that differs only in the test set takes the fine-tuning."""
+    import tempfile
+
+    from jaxsurg.methods import laparoflow
+
+    with tempfile.TemporaryDirectory() as root:
+        ssl, nossl = sweep.make_cells("laparoflow:variant=tiny", [], [[":baseline", "", "nossl"]])
+        assert [spec.name for spec in laparoflow.stages_for(nossl.config())] == ["finetune", "keypoints"]
+        assert [spec.name for spec in laparoflow.stages_for(ssl.config())] == ["pretrain", "finetune", "keypoints"]
+        _finish(root, ssl, None)
+        assert sweep.shared_stages_source(root, nossl) == ""
+        source = _finish(root, nossl, None)
+        other_test = sweep.make_cells("laparoflow:variant=tiny", [], [[":baseline", "nossl"], ["test_dataset", "synthetic"]])[0]
+        assert sweep.shared_stages_source(root, other_test) == source
+
+
 def test_a_sweep_runs_its_cells_and_a_cross_dataset_cell_reuses_the_trained_stage(tmp_path, capsys):
     root = str(tmp_path / "sweep")
     argv = ["--config=unet11:variant=tiny", f"--root={root}", "--grid", "test_dataset", "", "synthetic"]

@@ -54,7 +54,7 @@ from jaxsurg.train import mesh as mesh_lib
 from jaxsurg.train import stage
 from jaxsurg.train import workdir as workdir_lib
 
-__all__ = ["HEADS", "LOSSES", "STAGES", "STRIDE", "SWEEP_FIGURES", "TASK_FOR_DATASET", "resolve_task", "run", "trained_model"]
+__all__ = ["HEADS", "LOSSES", "STAGES", "STRIDE", "SWEEP_FIGURES", "TASK_FOR_DATASET", "resolve_task", "run", "stages_for", "trained_model"]
 
 # Keys of the pretrain block that choose what the downstream stages read, not what the
 # pretraining makes: the finetune stage's settings.
@@ -83,6 +83,15 @@ STAGES = (
     ),
     stage.StageSpec("keypoints", ("keypoints",)),
 )
+
+
+def stages_for(config: ml_collections.ConfigDict) -> tuple[stage.StageSpec, ...]:
+    """The stages a run of ``config`` runs, those it compares when it takes another run's
+    (``config.stages_from``, ``jaxsurg.sweep``): No SSL (``baseline="nossl"``) has no
+    pretraining, so it neither takes one nor is fingerprinted by its settings."""
+    if config.get("baseline") == "nossl":
+        return tuple(spec for spec in STAGES if spec.name != "pretrain")
+    return STAGES
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse") -> dict[str, Any]:
@@ -118,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, policy: str = "refuse")
         resolve_stage(config.pretrain, len(frames))
         check_pretrain_steps(config)
     workdir_lib.check_data(workdir, data.build, STAGES)
-    stage.take_stages_from(config, workdir, STAGES)
+    stage.take_stages_from(config, workdir, stages_for(config))
     common.write_config(config, workdir)
     seconds: dict[str, float] = {}
     backbone = None
