@@ -237,9 +237,7 @@ def cell_figures(summary: dict[str, Any], extra: dict[str, Sequence[str]] | None
     ``extra`` (``{column: path of keys}``) that the summary holds as a number."""
     out = {"dice": float(summary["dice_mean"]), "iou": float(summary["iou_mean"])}
     for column, path in (extra or {}).items():
-        value: Any = summary
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
+        value = _lookup(summary, path)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[column] = float(value)
     for name, c in summary.get("per_class", {}).items():
@@ -249,6 +247,20 @@ def cell_figures(summary: dict[str, Any], extra: dict[str, Sequence[str]] | None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"keypoints/{k}"] = float(v)
     return out
+
+
+def _lookup(summary: dict[str, Any], path: Sequence[str]) -> Any:
+    """The value at ``path`` (keys) in ``summary``; None where a key is missing."""
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def count_figures(summary: dict[str, Any], extra: dict[str, Sequence[str]]) -> set[str]:
+    """The columns of ``extra`` that ``summary`` holds as integers (counts: steps, frames),
+    which the tables print as whole numbers."""
+    return {c for c, path in extra.items() if isinstance(_lookup(summary, path), int) and not isinstance(_lookup(summary, path), bool)}
 
 
 def aggregate(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -264,15 +276,15 @@ def aggregate(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
     return out
 
 
-def _number(v: float, scale: float | None = None) -> str:
-    """Three decimals; whole units where ``scale`` (default ``v``) is 100 or more (steps, not scores)."""
-    return f"{v:.0f}" if abs(v if scale is None else scale) >= 100 else f"{v:.3f}"
+def _number(v: float, whole: bool = False) -> str:
+    """Three decimals; whole units for a count (``whole``: steps, not scores)."""
+    return f"{v:.0f}" if whole else f"{v:.3f}"
 
 
-def _fmt(f: dict[str, Any] | None) -> str:
+def _fmt(f: dict[str, Any] | None, whole: bool = False) -> str:
     if f is None:
         return "—"
-    return _number(f["mean"]) + (f" ± {_number(f['std'], f['mean'])}" if f["std"] is not None else "")
+    return _number(f["mean"], whole) + (f" ± {_number(f['std'], whole)}" if f["std"] is not None else "")
 
 
 def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command: str) -> dict[str, Any]:
@@ -280,6 +292,7 @@ def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command
     ``results.png`` in ``root``; returns the results record."""
     rows: dict[str, list[dict[str, float]]] = {}
     per_cell, missing, class_names, header, extra = [], [], [], {}, {}
+    counted, uncounted = set(), set()  # method figures held as integers by every cell (counts), or not
     for cell in cells:
         row = ",".join(f"{k}={v}" for k, v in cell.values if k not in over) or "all"
         path = os.path.join(root, "cells", cell.name, SUMMARY)
@@ -294,12 +307,15 @@ def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command
         named = method_figures(cell)
         figures = cell_figures(summary, named)
         extra.update(dict.fromkeys(k for k in figures if k in named))
+        counts = count_figures(summary, named)
+        counted |= counts
+        uncounted |= {k for k in figures if k in named} - counts
         rows.setdefault(row, []).append(figures)
         per_cell.append({"cell": cell.name, "row": row, "values": dict(cell.values), "figures": figures, "num_frames": summary.get("num_frames"),
                          "frame_std": {"dice": summary.get("dice_std"), "iou": summary.get("iou_std")}})
     record = {
         "command": command, **header, "replicate_keys": list(over), "rows": aggregate(rows), "cells": per_cell, "missing": missing,
-        "method_figures": list(extra),
+        "method_figures": list(extra), "count_figures": [k for k in extra if k in counted - uncounted],
         "std": "sample standard deviation (ddof 1) over the runs of a row; each run's figure is its mean over its test frames",
     }
     write_json(os.path.join(root, "results.json"), record)
@@ -316,6 +332,7 @@ def results_markdown(record: dict[str, Any], class_names: Sequence[str]) -> str:
     titles = [c if c in record.get("method_figures", ()) else c.replace("dice/", "Dice ").replace("dice", "Dice").replace("iou", "IoU")
               for c in columns]
     over = ", ".join(record["replicate_keys"]) or "nothing"
+    counts = set(record.get("count_figures", ()))
     lines = [
         f"# {record.get('method')} on {record.get('dataset')} ({record.get('task')})", "",
         f"`{record['command']}`", "",
@@ -325,14 +342,14 @@ def results_markdown(record: dict[str, Any], class_names: Sequence[str]) -> str:
     ]
     for row, figures in record["rows"].items():
         n = max((f["n"] for f in figures.values()), default=0)
-        lines.append(f"| {row} | {n} | " + " | ".join(_fmt(figures.get(c)) for c in columns) + " |")
+        lines.append(f"| {row} | {n} | " + " | ".join(_fmt(figures.get(c), c in counts) for c in columns) + " |")
     lines += ["", "Each cell (one run): Dice and IoU as mean ± std over its test frames.", "",
               "| cell | test frames | " + " | ".join(titles) + " |",
               "|---" * (len(columns) + 2) + "|"]
     for c in record["cells"]:
         shown = []
         for k in columns:
-            text = _number(c["figures"][k]) if k in c["figures"] else "—"
+            text = _number(c["figures"][k], k in counts) if k in c["figures"] else "—"
             if c["frame_std"].get(k) is not None:
                 text += f" ± {c['frame_std'][k]:.3f}"
             shown.append(text)

@@ -71,20 +71,22 @@ def test_results_average_over_seeds_per_row_and_name_missing_cells(tmp_path):
 
 def test_the_tables_show_the_figures_a_method_names_beside_dice(tmp_path):
     """Dual MF names D_R's quality and the segment stage's steps (SWEEP_FIGURES): each cell's
-    values and each row's mean ± std reach results.md; a cell lacking one shows a dash."""
+    values and each row's mean ± std reach results.md, steps (integers in the summary) as
+    whole numbers however few; a cell lacking one shows a dash."""
     root = str(tmp_path)
     cells = sweep.make_cells("dual_motion:variant=tiny", [], [["seed", "0", "1"]])
-    for cell, dice, steps in zip(cells, (0.8, 0.6), (288, 300)):
+    for cell, dice, steps in zip(cells, (0.8, 0.6), (72, 80)):
         summary = {**_summary(0.7, 0.6, 0.7), "method": "dual_motion", "budget": {"segment": {"total_steps": steps}},
                    "d_r_quality": {"all": {"label_dice": dice, "zero_motion_dice": 0.5, "optical_flow_dice": 0.9, "psnr_db": 31.0}}}
         _finish(root, cell, summary)
     record = sweep.write_results(root, cells, ["seed"], "python -m jaxsurg.sweep ...")
     assert record["method_figures"] == ["D_R Dice", "copy Dice", "optical-flow Dice", "D_R PSNR", "segment steps"]
     assert record["rows"]["all"]["D_R Dice"]["mean"] == pytest.approx(0.7)
+    assert record["count_figures"] == ["segment steps"]
     md = open(os.path.join(root, "results.md")).read()
     assert "| D_R Dice | copy Dice | optical-flow Dice | D_R PSNR | segment steps |" in md
-    assert "| 0.700 ± 0.141 | 0.500 ± 0.000 | 0.900 ± 0.000 | 31.000 ± 0.000 | 294 ± 8 |" in md
-    assert "| seed=0 | 5 | 0.700 ± 0.100 | 0.600 ± 0.050 | 0.700 | 0.800 | 0.500 | 0.900 | 31.000 | 288 |" in md
+    assert "| 0.700 ± 0.141 | 0.500 ± 0.000 | 0.900 ± 0.000 | 31.000 ± 0.000 | 76 ± 6 |" in md
+    assert "| seed=0 | 5 | 0.700 ± 0.100 | 0.600 ± 0.050 | 0.700 | 0.800 | 0.500 | 0.900 | 31.000 | 72 |" in md
 
 
 def test_a_cell_folder_of_other_arguments_is_refused_and_a_partial_one_resumes(tmp_path):
