@@ -260,7 +260,12 @@ def _lookup(summary: dict[str, Any], path: Sequence[str]) -> Any:
 def count_figures(summary: dict[str, Any], extra: dict[str, Sequence[str]]) -> set[str]:
     """The columns of ``extra`` that ``summary`` holds as integers (counts: steps, frames),
     which the tables print as whole numbers."""
-    return {c for c, path in extra.items() if isinstance(_lookup(summary, path), int) and not isinstance(_lookup(summary, path), bool)}
+    counts = set()
+    for column, path in extra.items():
+        value = _lookup(summary, path)
+        if isinstance(value, int) and not isinstance(value, bool):
+            counts.add(column)
+    return counts
 
 
 def aggregate(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -292,7 +297,7 @@ def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command
     ``results.png`` in ``root``; returns the results record."""
     rows: dict[str, list[dict[str, float]]] = {}
     per_cell, missing, class_names, header, extra = [], [], [], {}, {}
-    counted, uncounted = set(), set()  # method figures held as integers by every cell (counts), or not
+    uncounted = set()  # method figures that some cell holds as a non-integer (not counts)
     for cell in cells:
         row = ",".join(f"{k}={v}" for k, v in cell.values if k not in over) or "all"
         path = os.path.join(root, "cells", cell.name, SUMMARY)
@@ -307,15 +312,13 @@ def write_results(root: str, cells: Sequence[Cell], over: Sequence[str], command
         named = method_figures(cell)
         figures = cell_figures(summary, named)
         extra.update(dict.fromkeys(k for k in figures if k in named))
-        counts = count_figures(summary, named)
-        counted |= counts
-        uncounted |= {k for k in figures if k in named} - counts
+        uncounted |= {k for k in figures if k in named} - count_figures(summary, named)
         rows.setdefault(row, []).append(figures)
         per_cell.append({"cell": cell.name, "row": row, "values": dict(cell.values), "figures": figures, "num_frames": summary.get("num_frames"),
                          "frame_std": {"dice": summary.get("dice_std"), "iou": summary.get("iou_std")}})
     record = {
         "command": command, **header, "replicate_keys": list(over), "rows": aggregate(rows), "cells": per_cell, "missing": missing,
-        "method_figures": list(extra), "count_figures": [k for k in extra if k in counted - uncounted],
+        "method_figures": list(extra), "count_figures": [k for k in extra if k not in uncounted],
         "std": "sample standard deviation (ddof 1) over the runs of a row; each run's figure is its mean over its test frames",
     }
     write_json(os.path.join(root, "results.json"), record)
